@@ -1,0 +1,400 @@
+//! The edge to CleverTap: the `DeleteApi` trait, its HTTP implementation, and
+//! the explicit classification of every answer.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+use crate::batch::DeleteBatch;
+use crate::config::RegionAccount;
+
+/// What came back from one request at the HTTP level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// `Retry-After`, in seconds or as an HTTP date, converted to a delay.
+    pub retry_after: Option<Duration>,
+}
+
+/// The request never got an HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    Timeout,
+    Connect,
+    /// Any other I/O or protocol failure (reset, bad response).
+    Other,
+}
+
+impl TransportError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportError::Timeout => "timeout",
+            TransportError::Connect => "connect_error",
+            TransportError::Other => "transport_error",
+        }
+    }
+}
+
+/// The Delete User Profile call, behind a trait so tests and the dry-run mode
+/// can replace it.
+pub trait DeleteApi: Send + Sync + 'static {
+    fn delete<'a>(
+        &'a self,
+        account: &'a RegionAccount,
+        batch: &'a DeleteBatch,
+    ) -> BoxFuture<'a, Result<ApiReply, TransportError>>;
+}
+
+/// Why a request is retried; the `reason` label of the retry metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    TooManyRequests,
+    ServerError,
+    Timeout,
+    Connection,
+    /// An answer the contract does not describe (e.g. 2xx without a JSON status).
+    Unexpected,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 5] = [
+        RetryReason::TooManyRequests,
+        RetryReason::ServerError,
+        RetryReason::Timeout,
+        RetryReason::Connection,
+        RetryReason::Unexpected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::TooManyRequests => "too_many_requests",
+            RetryReason::ServerError => "server_error",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Connection => "connection",
+            RetryReason::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// What to do with a batch after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every id of the batch is marked for deletion.
+    Deleted,
+    /// Nothing is known to be done; try again later (at least `after`, if given).
+    Retry {
+        reason: RetryReason,
+        after: Option<Duration>,
+    },
+    /// The request was refused for its content: split to isolate the bad ids.
+    Rejected { message: String },
+    /// Credentials, permissions or the endpoint are wrong (401/403/404): hold
+    /// the region, never dead-letter, retry slowly.
+    Held { status: u16 },
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: Option<String>,
+    error: Option<String>,
+}
+
+/// The longest API message carried into dead-letter headers.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+fn api_message(body: &[u8], status: u16) -> String {
+    let parsed: Option<StatusBody> = serde_json::from_slice(body).ok();
+    let text = match parsed.and_then(|b| b.error) {
+        Some(e) => e,
+        None => format!("HTTP {status}"),
+    };
+    text.chars().take(MAX_MESSAGE_CHARS).collect()
+}
+
+/// Classifies one attempt's result. Pure, so every branch is unit-tested.
+pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(TransportError::Timeout) => {
+            return Verdict::Retry {
+                reason: RetryReason::Timeout,
+                after: None,
+            }
+        }
+        Err(TransportError::Connect | TransportError::Other) => {
+            return Verdict::Retry {
+                reason: RetryReason::Connection,
+                after: None,
+            }
+        }
+    };
+    let retry = |reason| Verdict::Retry {
+        reason,
+        after: reply.retry_after,
+    };
+    match reply.status {
+        200..=299 => {
+            let body: Option<StatusBody> = serde_json::from_slice(&reply.body).ok();
+            match body.and_then(|b| b.status) {
+                Some(s) if s.eq_ignore_ascii_case("success") => Verdict::Deleted,
+                // An explicit failure in a 2xx: treat like a 400 so bad ids are isolated.
+                Some(s) if s.eq_ignore_ascii_case("fail") => Verdict::Rejected {
+                    message: api_message(&reply.body, reply.status),
+                },
+                _ => retry(RetryReason::Unexpected),
+            }
+        }
+        429 => retry(RetryReason::TooManyRequests),
+        408 | 500..=599 => retry(RetryReason::ServerError),
+        400 | 413 | 422 => Verdict::Rejected {
+            message: api_message(&reply.body, reply.status),
+        },
+        401 | 403 | 404 => Verdict::Held {
+            status: reply.status,
+        },
+        _ => retry(RetryReason::Unexpected),
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3_600)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3_600)),
+    )
+}
+
+/// The real client: HTTPS with rustls, pooled connections, a timeout per request.
+pub struct HttpDeleteApi {
+    client: reqwest::Client,
+}
+
+pub const DELETE_PATH: &str = "/1/delete/profiles.json";
+
+impl HttpDeleteApi {
+    pub fn new(timeout: Duration, pool_per_host: usize) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(pool_per_host)
+            .user_agent(concat!("clevertap-deleter/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpDeleteApi { client })
+    }
+}
+
+impl DeleteApi for HttpDeleteApi {
+    fn delete<'a>(
+        &'a self,
+        account: &'a RegionAccount,
+        batch: &'a DeleteBatch,
+    ) -> BoxFuture<'a, Result<ApiReply, TransportError>> {
+        Box::pin(async move {
+            let url = format!("{}{}", account.endpoint, DELETE_PATH);
+            let response = self
+                .client
+                .post(url)
+                .header("X-CleverTap-Account-Id", &account.account_id)
+                .header("X-CleverTap-Passcode", account.passcode.expose())
+                .header("Content-Type", "application/json; charset=utf-8")
+                .body(batch.request_body())
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            let body = response.bytes().await.map_err(transport_error)?;
+            Ok(ApiReply {
+                status,
+                body: body.to_vec(),
+                retry_after,
+            })
+        })
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> TransportError {
+    // reqwest's Display may include the URL, never headers; we keep only the class.
+    if e.is_timeout() {
+        TransportError::Timeout
+    } else if e.is_connect() {
+        TransportError::Connect
+    } else {
+        TransportError::Other
+    }
+}
+
+/// Dry-run: makes no call and answers success, so everything else runs for real.
+pub struct DryRunApi;
+
+impl DeleteApi for DryRunApi {
+    fn delete<'a>(
+        &'a self,
+        account: &'a RegionAccount,
+        batch: &'a DeleteBatch,
+    ) -> BoxFuture<'a, Result<ApiReply, TransportError>> {
+        Box::pin(async move {
+            tracing::info!(
+                region = %account.name,
+                kind = %batch.kind(),
+                size = batch.len(),
+                "dry run: would call the Delete User Profile API"
+            );
+            Ok(ApiReply {
+                status: 200,
+                body: br#"{"status":"success"}"#.to_vec(),
+                retry_after: None,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Result<ApiReply, TransportError> {
+        Ok(ApiReply {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        })
+    }
+
+    #[test]
+    fn classification_of_every_answer() {
+        assert_eq!(
+            classify(&reply(200, r#"{"status":"success"}"#)),
+            Verdict::Deleted
+        );
+        assert_eq!(
+            classify(&reply(
+                200,
+                r#"{"status":"fail","error":"Invalid identity","code":400}"#
+            )),
+            Verdict::Rejected {
+                message: "Invalid identity".into()
+            }
+        );
+        assert!(matches!(
+            classify(&reply(200, "<html>")),
+            Verdict::Retry {
+                reason: RetryReason::Unexpected,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&reply(
+                429,
+                r#"{"status":"fail","error":"Too many concurrent requests","code":429}"#
+            )),
+            Verdict::Retry {
+                reason: RetryReason::TooManyRequests,
+                ..
+            }
+        ));
+        for s in [408, 500, 502, 503, 504] {
+            assert!(matches!(
+                classify(&reply(s, "")),
+                Verdict::Retry {
+                    reason: RetryReason::ServerError,
+                    ..
+                }
+            ));
+        }
+        assert_eq!(
+            classify(&reply(
+                400,
+                r#"{"status":"fail","error":"bad guid","code":400}"#
+            )),
+            Verdict::Rejected {
+                message: "bad guid".into()
+            }
+        );
+        assert_eq!(
+            classify(&reply(400, "not json")),
+            Verdict::Rejected {
+                message: "HTTP 400".into()
+            }
+        );
+        for s in [401, 403, 404] {
+            assert_eq!(classify(&reply(s, "")), Verdict::Held { status: s });
+        }
+        assert!(matches!(
+            classify(&reply(418, "")),
+            Verdict::Retry {
+                reason: RetryReason::Unexpected,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&Err(TransportError::Timeout)),
+            Verdict::Retry {
+                reason: RetryReason::Timeout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&Err(TransportError::Connect)),
+            Verdict::Retry {
+                reason: RetryReason::Connection,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_carried() {
+        let r = Ok(ApiReply {
+            status: 429,
+            body: vec![],
+            retry_after: Some(Duration::from_secs(3)),
+        });
+        assert_eq!(
+            classify(&r),
+            Verdict::Retry {
+                reason: RetryReason::TooManyRequests,
+                after: Some(Duration::from_secs(3))
+            }
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = format!(r#"{{"status":"fail","error":"{}"}}"#, "x".repeat(5000));
+        let Verdict::Rejected { message } = classify(&reply(400, &long)) else {
+            panic!()
+        };
+        assert_eq!(message.len(), MAX_MESSAGE_CHARS);
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("5", now), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_retry_after(" 99999 ", now),
+            Some(Duration::from_secs(3600))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

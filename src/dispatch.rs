@@ -1,0 +1,439 @@
+//! Sends batches to CleverTap within each account's concurrency limit and
+//! keeps at each batch until every id has an answer: deleted, or rejected
+//! alone by a 400. Retries never give up; 401/403/404 hold the region.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::api::{classify, DeleteApi, Verdict};
+use crate::backoff::Backoff;
+use crate::batch::DeleteBatch;
+use crate::config::RegionAccount;
+use crate::health::Health;
+use crate::ids::{IdKind, RegionName};
+use crate::limiter::AimdLimiter;
+use crate::metrics::Metrics;
+
+/// What the dispatcher reports back: the only thing flowing upstream.
+#[derive(Debug)]
+pub enum DispatchReport {
+    Deleted(DeleteBatch),
+    Rejected {
+        region: RegionName,
+        kind: IdKind,
+        id: Arc<str>,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchSettings {
+    pub max_concurrency: usize,
+    pub backoff: Backoff,
+    pub auth_retry: Duration,
+}
+
+/// One account's lane: its credentials, its limiter, and the probe lock that
+/// lets a single request at a time test a held account.
+struct AccountLane {
+    account: RegionAccount,
+    limiter: AimdLimiter,
+    probe: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<DispatcherInner>,
+}
+
+struct DispatcherInner {
+    api: Arc<dyn DeleteApi>,
+    lanes: HashMap<RegionName, Arc<AccountLane>>,
+    reports: mpsc::UnboundedSender<DispatchReport>,
+    settings: DispatchSettings,
+    metrics: Metrics,
+    health: Health,
+    batches_in_flight: AtomicUsize,
+}
+
+impl Dispatcher {
+    pub fn new(
+        api: Arc<dyn DeleteApi>,
+        accounts: &[RegionAccount],
+        settings: DispatchSettings,
+        metrics: Metrics,
+        health: Health,
+    ) -> (Self, mpsc::UnboundedReceiver<DispatchReport>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lanes = accounts
+            .iter()
+            .map(|a| {
+                metrics.register_region(a.name.as_str());
+                metrics
+                    .api_concurrency_limit
+                    .with_label_values(&[a.name.as_str()])
+                    .set(settings.max_concurrency as i64);
+                (
+                    a.name.clone(),
+                    Arc::new(AccountLane {
+                        account: a.clone(),
+                        limiter: AimdLimiter::new(settings.max_concurrency),
+                        probe: tokio::sync::Mutex::new(()),
+                    }),
+                )
+            })
+            .collect();
+        let inner = DispatcherInner {
+            api,
+            lanes,
+            reports: tx,
+            settings,
+            metrics,
+            health,
+            batches_in_flight: AtomicUsize::new(0),
+        };
+        (
+            Dispatcher {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Starts delivering a batch in the background.
+    pub fn dispatch(&self, batch: DeleteBatch) {
+        let Some(lane) = self.inner.lanes.get(batch.region()).cloned() else {
+            // The decoder only admits configured regions, so this is a bug; never drop silently.
+            panic!("batch for unconfigured region {}", batch.region());
+        };
+        let inner = self.inner.clone();
+        inner.batches_in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            inner.deliver(&lane, batch).await;
+            inner.batches_in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Batches (including split parts) still being delivered.
+    pub fn batches_in_flight(&self) -> usize {
+        self.inner.batches_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+impl DispatcherInner {
+    async fn deliver(&self, lane: &AccountLane, batch: DeleteBatch) {
+        // A stack of work: splitting a rejected batch pushes its halves.
+        let mut work = vec![batch];
+        while let Some(batch) = work.pop() {
+            if let Some(halves) = self.deliver_one(lane, batch).await {
+                work.push(halves.1);
+                work.push(halves.0);
+            }
+        }
+    }
+
+    /// Delivers one batch until it is deleted or rejected. Returns the halves
+    /// to try when CleverTap rejected a multi-id batch.
+    async fn deliver_one(
+        &self,
+        lane: &AccountLane,
+        batch: DeleteBatch,
+    ) -> Option<(DeleteBatch, DeleteBatch)> {
+        let region = lane.account.name.as_str();
+        let kind = batch.kind();
+        let size = batch.len();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            // While the region is held, only one request at a time probes it.
+            let probe_guard = if self.health.region_held(region) {
+                let guard = lane.probe.lock().await;
+                if self.health.region_held(region) {
+                    let wait = self.settings.auth_retry;
+                    tracing::debug!(region, %kind, size, attempt, "region held: probing after {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Some(guard)
+            } else {
+                None
+            };
+
+            let permit = lane.limiter.acquire().await;
+            self.metrics
+                .api_in_flight
+                .with_label_values(&[region])
+                .set(lane.limiter.in_flight() as i64);
+            let started = Instant::now();
+            let result = self.api.delete(&lane.account, &batch).await;
+            let elapsed = started.elapsed();
+            drop(permit);
+            self.metrics
+                .api_in_flight
+                .with_label_values(&[region])
+                .set(lane.limiter.in_flight() as i64);
+            self.metrics
+                .api_request_duration
+                .with_label_values(&[region])
+                .observe(elapsed.as_secs_f64());
+            let status_label = match &result {
+                Ok(r) => r.status.to_string(),
+                Err(e) => e.as_str().to_string(),
+            };
+            self.metrics
+                .api_requests
+                .with_label_values(&[region, &status_label])
+                .inc();
+
+            let verdict = classify(&result);
+            match verdict {
+                Verdict::Deleted => {
+                    lane.limiter.on_success();
+                    self.note_limit(lane);
+                    if self.health.set_region_held(region, false) {
+                        tracing::info!(
+                            region,
+                            "region released: CleverTap accepts the credentials again"
+                        );
+                    }
+                    drop(probe_guard);
+                    self.metrics
+                        .ids_deleted
+                        .with_label_values(&[region, kind.as_str()])
+                        .inc_by(size as u64);
+                    tracing::debug!(region, %kind, size, attempt, status = %status_label, "batch deleted");
+                    let _ = self.reports.send(DispatchReport::Deleted(batch));
+                    return None;
+                }
+                Verdict::Retry { reason, after } => {
+                    drop(probe_guard);
+                    if reason == crate::api::RetryReason::TooManyRequests {
+                        lane.limiter.on_overload(Instant::now());
+                        self.note_limit(lane);
+                    }
+                    self.metrics
+                        .api_retries
+                        .with_label_values(&[region, reason.as_str()])
+                        .inc();
+                    let delay = self
+                        .settings
+                        .backoff
+                        .delay(attempt, after, &mut rand::rng());
+                    tracing::warn!(
+                        region, %kind, size, attempt, status = %status_label,
+                        reason = reason.as_str(), retry_in_ms = delay.as_millis() as u64,
+                        "delete request failed; will retry"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Verdict::Rejected { message } => {
+                    drop(probe_guard);
+                    lane.limiter.on_success();
+                    return match batch.split() {
+                        Ok(halves) => {
+                            tracing::info!(region, %kind, size, attempt, status = %status_label, "batch rejected; splitting to isolate the refused ids");
+                            Some(halves)
+                        }
+                        Err(single) => {
+                            tracing::warn!(region, %kind, size, attempt, status = %status_label, "id rejected by CleverTap; dead-lettering its events");
+                            let _ = self.reports.send(DispatchReport::Rejected {
+                                region: single.region().clone(),
+                                kind,
+                                id: single.ids()[0].clone(),
+                                message,
+                            });
+                            None
+                        }
+                    };
+                }
+                Verdict::Held { status } => {
+                    self.metrics
+                        .region_auth_failures
+                        .with_label_values(&[region, &status.to_string()])
+                        .inc();
+                    if self.health.set_region_held(region, true) {
+                        tracing::error!(
+                            region, %kind, size, attempt, status,
+                            "CleverTap refuses this region's credentials or endpoint; holding its deletions (nothing is committed past them) and probing every {:?}",
+                            self.settings.auth_retry
+                        );
+                    }
+                    drop(probe_guard);
+                }
+            }
+        }
+    }
+
+    fn note_limit(&self, lane: &AccountLane) {
+        self.metrics
+            .api_concurrency_limit
+            .with_label_values(&[lane.account.name.as_str()])
+            .set(lane.limiter.limit() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApiReply, TransportError};
+    use crate::secret::Secret;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// Answers from a script keyed by what the batch holds.
+    struct ScriptedApi {
+        answer: Box<dyn Fn(&DeleteBatch, usize) -> Result<ApiReply, TransportError> + Send + Sync>,
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl DeleteApi for ScriptedApi {
+        fn delete<'a>(
+            &'a self,
+            _account: &'a RegionAccount,
+            batch: &'a DeleteBatch,
+        ) -> BoxFuture<'a, Result<ApiReply, TransportError>> {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(batch.ids().iter().map(|i| i.to_string()).collect());
+                calls.len()
+            };
+            let answer = (self.answer)(batch, n);
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn reply(status: u16, body: &str) -> Result<ApiReply, TransportError> {
+        Ok(ApiReply {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        })
+    }
+
+    fn setup(
+        api: Arc<ScriptedApi>,
+    ) -> (Dispatcher, mpsc::UnboundedReceiver<DispatchReport>, Health) {
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        let account = RegionAccount {
+            name: RegionName::new("eu1"),
+            account_id: "A".into(),
+            passcode: Secret::new("p"),
+            endpoint: "http://127.0.0.1:1".into(),
+        };
+        let settings = DispatchSettings {
+            max_concurrency: 4,
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+            },
+            auth_retry: Duration::from_millis(20),
+        };
+        let (d, rx) = Dispatcher::new(api, &[account], settings, metrics, health.clone());
+        (d, rx, health)
+    }
+
+    fn batch(ids: &[&str]) -> DeleteBatch {
+        DeleteBatch::new(
+            RegionName::new("eu1"),
+            IdKind::Identity,
+            ids.iter().map(|i| Arc::from(*i)).collect(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_until_success() {
+        let api = Arc::new(ScriptedApi {
+            answer: Box::new(|_, n| match n {
+                1 => reply(500, ""),
+                2 => reply(429, ""),
+                3 => Err(TransportError::Timeout),
+                _ => reply(200, r#"{"status":"success"}"#),
+            }),
+            calls: Mutex::new(vec![]),
+        });
+        let (d, mut rx, _) = setup(api.clone());
+        d.dispatch(batch(&["a", "b"]));
+        let report = rx.recv().await.unwrap();
+        assert!(matches!(report, DispatchReport::Deleted(b) if b.len() == 2));
+        assert_eq!(api.calls.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_400_is_split_down_to_the_refused_id() {
+        let api = Arc::new(ScriptedApi {
+            answer: Box::new(|b, _| {
+                if b.ids().iter().any(|i| &**i == "bad") {
+                    reply(
+                        400,
+                        r#"{"status":"fail","error":"Invalid identity","code":400}"#,
+                    )
+                } else {
+                    reply(200, r#"{"status":"success"}"#)
+                }
+            }),
+            calls: Mutex::new(vec![]),
+        });
+        let (d, mut rx, _) = setup(api.clone());
+        d.dispatch(batch(&["a", "b", "bad", "c", "d"]));
+        let mut deleted = Vec::new();
+        let mut rejected = Vec::new();
+        while deleted.len() + rejected.len() < 5 {
+            match rx.recv().await.unwrap() {
+                DispatchReport::Deleted(b) => deleted.extend(b.ids().iter().map(|i| i.to_string())),
+                DispatchReport::Rejected { id, message, .. } => {
+                    assert_eq!(message, "Invalid identity");
+                    rejected.push(id.to_string())
+                }
+            }
+        }
+        deleted.sort();
+        assert_eq!(deleted, vec!["a", "b", "c", "d"]);
+        assert_eq!(rejected, vec!["bad"]);
+        assert!(api.calls.lock().unwrap().iter().all(|c| c.len() <= 5));
+    }
+
+    #[tokio::test]
+    async fn auth_failure_holds_the_region_until_it_succeeds() {
+        let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fixed2 = fixed.clone();
+        let api = Arc::new(ScriptedApi {
+            answer: Box::new(move |_, _| {
+                if fixed2.load(Ordering::SeqCst) {
+                    reply(200, r#"{"status":"success"}"#)
+                } else {
+                    reply(
+                        401,
+                        r#"{"status":"fail","error":"Invalid Credentials","code":401}"#,
+                    )
+                }
+            }),
+            calls: Mutex::new(vec![]),
+        });
+        let (d, mut rx, health) = setup(api.clone());
+        for i in 0..5 {
+            d.dispatch(batch(&[&format!("id{i}")]));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(health.region_held("eu1"));
+        assert!(health.readiness().is_err());
+        assert!(rx.try_recv().is_err(), "nothing is reported while held");
+        // One probe at a time: about one call per auth_retry, not five.
+        let calls = api.calls.lock().unwrap().len();
+        assert!(calls <= 5 + 150 / 20 + 2, "probes are serialized: {calls}");
+        fixed.store(true, Ordering::SeqCst);
+        for _ in 0..5 {
+            assert!(matches!(
+                rx.recv().await.unwrap(),
+                DispatchReport::Deleted(_)
+            ));
+        }
+        assert!(!health.region_held("eu1"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(d.batches_in_flight(), 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! Liveness and readiness state shared by the consumer, the dispatcher and the
+//! HTTP endpoints.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<HealthInner>,
+    metrics: Metrics,
+}
+
+struct HealthInner {
+    kafka_connected: AtomicBool,
+    stopping: AtomicBool,
+    held_regions: Mutex<BTreeSet<String>>,
+}
+
+impl Health {
+    pub fn new(metrics: Metrics) -> Self {
+        Health {
+            inner: Arc::new(HealthInner {
+                kafka_connected: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                held_regions: Mutex::new(BTreeSet::new()),
+            }),
+            metrics,
+        }
+    }
+
+    pub fn set_kafka_connected(&self, connected: bool) {
+        self.inner
+            .kafka_connected
+            .store(connected, Ordering::Relaxed);
+        self.metrics.kafka_connected.set(connected as i64);
+    }
+
+    pub fn kafka_connected(&self) -> bool {
+        self.inner.kafka_connected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks a region held (401/403/404) or released. Returns true if it changed.
+    pub fn set_region_held(&self, region: &str, held: bool) -> bool {
+        let mut set = self.inner.held_regions.lock().expect("health lock");
+        let changed = if held {
+            set.insert(region.to_string())
+        } else {
+            set.remove(region)
+        };
+        if changed {
+            self.metrics
+                .region_held
+                .with_label_values(&[region])
+                .set(held as i64);
+        }
+        changed
+    }
+
+    pub fn region_held(&self, region: &str) -> bool {
+        self.inner
+            .held_regions
+            .lock()
+            .expect("health lock")
+            .contains(region)
+    }
+
+    /// `Ok` when ready; otherwise every reason it is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if !self.kafka_connected() {
+            reasons.push("kafka: consumer not connected".to_string());
+        }
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            reasons.push("shutting down".to_string());
+        }
+        for region in self.inner.held_regions.lock().expect("health lock").iter() {
+            reasons.push(format!(
+                "region {region}: held, CleverTap refuses the credentials or endpoint"
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}

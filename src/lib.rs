@@ -1,0 +1,29 @@
+//! clevertap-deleter: reads "user-deleted" events from Kafka and deletes the
+//! users' CleverTap profiles, committing offsets only after CleverTap confirmed.
+//!
+//! Data flows one way: [`source`] (consume + [`decode`]) -> [`ledger`] (dedup,
+//! [`batch`], [`offsets`]) -> [`dispatch`] ([`api`], [`limiter`], [`backoff`]) ->
+//! acknowledgements -> commits. [`pipeline`] wires the stages together.
+
+pub mod api;
+pub mod backoff;
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod dedup;
+pub mod dispatch;
+pub mod fake_api;
+pub mod health;
+pub mod ids;
+pub mod ledger;
+pub mod limiter;
+pub mod logging;
+pub mod metrics;
+pub mod offsets;
+pub mod pipeline;
+pub mod secret;
+pub mod server;
+pub mod source;
+pub mod synth;

@@ -1,0 +1,263 @@
+//! Prometheus metrics. Labels are bounded: regions, kinds, outcomes, reasons,
+//! HTTP statuses, partitions; never ids or raw error text.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::api::RetryReason;
+use crate::decode::DeadLetterReason;
+use crate::ids::IdKind;
+use crate::ledger::Finish;
+
+const PREFIX: &str = "clevertap_deleter";
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_finished: IntCounterVec,
+    pub ids_deleted: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub api_request_duration: HistogramVec,
+    pub api_retries: IntCounterVec,
+    pub api_in_flight: IntGaugeVec,
+    pub api_concurrency_limit: IntGaugeVec,
+    pub dead_letters: IntCounterVec,
+    pub committed_offset: IntGaugeVec,
+    pub commits: IntCounterVec,
+    pub events_in_memory: IntGauge,
+    pub oldest_unfinished_age: Gauge,
+    pub consumer_paused: IntGauge,
+    pub partitions_assigned: IntGauge,
+    pub rebalances: IntCounterVec,
+    pub region_held: IntGaugeVec,
+    pub region_auth_failures: IntCounterVec,
+    pub kafka_connected: IntGauge,
+    pub event_to_deletion: Histogram,
+    pub late_acks_dropped: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(opts(name, help), labels).expect("valid metric")
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(opts(name, help), labels).expect("valid metric")
+        };
+
+        let m = Metrics {
+            events_consumed: reg!(counter_vec(
+                "events_consumed_total",
+                "Messages read from the source topics.",
+                &["topic"]
+            )),
+            events_finished: reg!(counter_vec(
+                "events_finished_total",
+                "Events finished, by outcome: deleted, deduplicated, dead_lettered, skipped.",
+                &["outcome"]
+            )),
+            ids_deleted: reg!(counter_vec(
+                "ids_deleted_total",
+                "Ids CleverTap confirmed marked for deletion.",
+                &["region", "kind"]
+            )),
+            api_requests: reg!(counter_vec(
+                "api_requests_total",
+                "Delete User Profile requests by region and HTTP status (or timeout, connect_error, transport_error).",
+                &["region", "status"]
+            )),
+            api_request_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("api_request_duration_seconds", "Delete request latency.")
+                    .namespace(PREFIX)
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+                    ]),
+                &["region"]
+            )
+            .expect("valid metric")),
+            api_retries: reg!(counter_vec(
+                "api_retries_total",
+                "Requests that will be retried, by region and reason.",
+                &["region", "reason"]
+            )),
+            api_in_flight: reg!(gauge_vec(
+                "api_in_flight_requests",
+                "Requests in flight per region (account).",
+                &["region"]
+            )),
+            api_concurrency_limit: reg!(gauge_vec(
+                "api_concurrency_limit",
+                "Current adaptive concurrency limit per region (account).",
+                &["region"]
+            )),
+            dead_letters: reg!(counter_vec(
+                "dead_letters_total",
+                "Events written to the dead-letter topic and acknowledged, by reason.",
+                &["reason"]
+            )),
+            committed_offset: reg!(gauge_vec(
+                "committed_offset",
+                "Last offset committed to the consumer group, per partition.",
+                &["topic", "partition"]
+            )),
+            commits: reg!(counter_vec(
+                "commits_total",
+                "Offset commits by result (success, failure).",
+                &["result"]
+            )),
+            events_in_memory: reg!(IntGauge::with_opts(opts(
+                "events_in_memory",
+                "Unfinished events held in memory."
+            ))
+            .expect("valid metric")),
+            oldest_unfinished_age: reg!(Gauge::with_opts(opts(
+                "oldest_unfinished_event_age_seconds",
+                "Time since the oldest unfinished event was read (0 when none)."
+            ))
+            .expect("valid metric")),
+            consumer_paused: reg!(IntGauge::with_opts(opts(
+                "consumer_paused",
+                "1 while consumption is paused because too many events are held in memory."
+            ))
+            .expect("valid metric")),
+            partitions_assigned: reg!(IntGauge::with_opts(opts(
+                "partitions_assigned",
+                "Partitions currently assigned to this member."
+            ))
+            .expect("valid metric")),
+            rebalances: reg!(counter_vec(
+                "rebalances_total",
+                "Rebalance callbacks by kind (assign, revoke).",
+                &["kind"]
+            )),
+            region_held: reg!(gauge_vec(
+                "region_held",
+                "1 while a region's deletions are held because CleverTap answers 401/403/404.",
+                &["region"]
+            )),
+            region_auth_failures: reg!(counter_vec(
+                "region_auth_failures_total",
+                "401/403/404 answers by region and status.",
+                &["region", "status"]
+            )),
+            kafka_connected: reg!(IntGauge::with_opts(opts(
+                "kafka_connected",
+                "1 while the consumer reaches the brokers."
+            ))
+            .expect("valid metric")),
+            event_to_deletion: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "event_to_deletion_seconds",
+                    "Time from an event's Kafka timestamp to the confirmation of its deletion."
+                )
+                .namespace(PREFIX)
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0
+                ])
+            )
+            .expect("valid metric")),
+            late_acks_dropped: reg!(IntCounter::with_opts(opts(
+                "late_acks_dropped_total",
+                "Acknowledgements dropped because their partition was revoked first (the new owner redoes them)."
+            ))
+            .expect("valid metric")),
+            consumer_lag: reg!(gauge_vec(
+                "consumer_lag_messages",
+                "Messages between the consumer's position and the partition's end, from librdkafka statistics.",
+                &["topic", "partition"]
+            )),
+            registry: registry.clone(),
+        };
+        let build = IntGaugeVec::new(
+            opts("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(build.clone())).expect("unique");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.preinitialize();
+        m
+    }
+
+    /// Creates label sets that are known up front so they read 0 instead of
+    /// being absent (absent series break rate() alerts).
+    fn preinitialize(&self) {
+        for f in Finish::ALL {
+            self.events_finished.with_label_values(&[f.as_str()]);
+        }
+        for r in DeadLetterReason::ALL {
+            self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        for r in ["success", "failure"] {
+            self.commits.with_label_values(&[r]);
+        }
+        for k in ["assign", "revoke"] {
+            self.rebalances.with_label_values(&[k]);
+        }
+    }
+
+    /// Per-region series, created at start so dashboards show every region.
+    pub fn register_region(&self, region: &str) {
+        for kind in IdKind::ALL {
+            self.ids_deleted.with_label_values(&[region, kind.as_str()]);
+        }
+        for reason in RetryReason::ALL {
+            self.api_retries
+                .with_label_values(&[region, reason.as_str()]);
+        }
+        self.region_held.with_label_values(&[region]).set(0);
+        self.api_in_flight.with_label_values(&[region]).set(0);
+        self.api_request_duration.with_label_values(&[region]);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_prefix_and_preinitialized_series() {
+        let m = Metrics::new();
+        m.register_region("eu1");
+        let text = m.render();
+        assert!(
+            text.contains("clevertap_deleter_events_finished_total{outcome=\"dead_lettered\"} 0")
+        );
+        assert!(
+            text.contains("clevertap_deleter_ids_deleted_total{kind=\"guid\",region=\"eu1\"} 0")
+        );
+        assert!(text.contains("clevertap_deleter_build_info{version="));
+    }
+}

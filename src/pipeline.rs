@@ -1,0 +1,415 @@
+//! Wires the stages together and runs the coordinator loop:
+//! source -> ledger (dedup, batches, offsets) -> dispatcher -> acks -> commits.
+//! The coordinator owns the ledger alone, so the core needs no locks.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::DeleteApi;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::dead_letter::DeadLetterWriter;
+use crate::decode::{DeadLetterReason, EventDecoder};
+use crate::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
+use crate::health::Health;
+use crate::ledger::{EventId, Ledger, LedgerSettings, Progress};
+use crate::metrics::Metrics;
+use crate::offsets::PartitionId;
+use crate::source::{self, SourceCommand, SourceEvent, SourceSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A Kafka client could not be created from the configuration.
+    #[error("Kafka configuration: {0}")]
+    KafkaConfig(rdkafka::error::KafkaError),
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// The librdkafka settings the consumer uses: ours, then the user's properties.
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    let k = &config.settings.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("client.id", "clevertap-deleter")
+        // Offsets are committed only by the pipeline, after deletion.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group must not skip deletions produced before it first ran.
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        // Bound librdkafka's prefetch so memory stays flat while paused.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000");
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The librdkafka settings of the dead-letter producer.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let k = &config.settings.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", "clevertap-deleter-dlq")
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    for (key, value) in &k.properties {
+        if !is_consumer_only(key) {
+            c.set(key, value);
+        }
+    }
+    c
+}
+
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("group.")
+        || key.starts_with("partition.assignment")
+        || key.starts_with("session.")
+        || key.starts_with("heartbeat.")
+        || key.starts_with("auto.")
+        || key.starts_with("fetch.")
+        || key.starts_with("queued.")
+        || key.starts_with("max.poll")
+        || key == "isolation.level"
+        || key == "enable.partition.eof"
+        || key == "check.crcs"
+}
+
+/// Counters a caller (the demo, tests) can read after the run.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub committed: Vec<(PartitionId, i64)>,
+    pub unfinished_at_exit: usize,
+}
+
+/// Runs until `shutdown` resolves (then drains and commits) or a fatal error.
+pub async fn run(
+    config: Config,
+    api: Arc<dyn DeleteApi>,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
+    let s = &config.settings;
+    let producer: FutureProducer = producer_config(&config)
+        .create()
+        .map_err(PipelineError::KafkaConfig)?;
+    let dead_letters = DeadLetterWriter::new(producer, s.kafka.dlq_topic.clone());
+
+    let (dispatcher, reports) = Dispatcher::new(
+        api,
+        &config.regions,
+        DispatchSettings {
+            max_concurrency: s.api.max_concurrency,
+            backoff: Backoff {
+                initial: Duration::from_millis(s.api.retry_initial_ms),
+                max: Duration::from_millis(s.api.retry_max_ms),
+            },
+            auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+        },
+        metrics.clone(),
+        health.clone(),
+    );
+
+    let (events_tx, events) = mpsc::channel(4096);
+    let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
+    let source = source::start(
+        SourceSettings {
+            client_config: consumer_config(&config),
+            topics: s.kafka.topics.clone(),
+            decoder: EventDecoder::new(&s.event, &config.regions),
+            revoke_timeout: drain_timeout,
+        },
+        events_tx,
+        metrics.clone(),
+        health.clone(),
+    )
+    .map_err(PipelineError::KafkaConfig)?;
+
+    let (acks_tx, acks) = mpsc::unbounded_channel();
+    let ledger = Ledger::new(LedgerSettings {
+        capacity: config.batch_capacity,
+        linger: Duration::from_millis(s.batch.linger_ms),
+        recent_capacity: s.dedup.recent_capacity,
+        recent_ttl: Duration::from_secs(s.dedup.recent_ttl_secs),
+    });
+    let max_events = s.pipeline.max_events_in_memory;
+    let mut coordinator = Coordinator {
+        ledger,
+        dispatcher,
+        dead_letters,
+        acks_tx,
+        commands: source.commands.clone(),
+        metrics,
+        health: health.clone(),
+        paused: false,
+        pause_at: max_events,
+        resume_at: max_events * 3 / 4,
+        revoking: None,
+        drain_timeout,
+    };
+    let outcome = coordinator
+        .run_loop(
+            events,
+            reports,
+            acks,
+            shutdown,
+            Duration::from_millis(s.pipeline.commit_interval_ms),
+            Duration::from_millis(s.pipeline.shutdown_timeout_ms),
+        )
+        .await;
+
+    // Final synchronous commit of what finished, then leave the group.
+    let committed = coordinator.ledger.all_watermarks();
+    let unfinished_at_exit = coordinator.ledger.events_in_memory();
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = source.commands.send(SourceCommand::Stop {
+        final_commit: committed.clone(),
+        done: done_tx,
+    });
+    if tokio::time::timeout(Duration::from_secs(30), done_rx)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the consumer did not close within 30 s");
+    }
+    let _ = tokio::task::spawn_blocking(move || source.thread.join()).await;
+    tracing::info!(
+        unfinished_at_exit,
+        partitions = committed.len(),
+        "stopped; final offsets committed"
+    );
+    outcome.map(|()| RunSummary {
+        committed,
+        unfinished_at_exit,
+    })
+}
+
+struct PendingRevoke {
+    partitions: Vec<PartitionId>,
+    reply: std::sync::mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    deadline: Instant,
+}
+
+struct Coordinator {
+    ledger: Ledger,
+    dispatcher: Dispatcher,
+    dead_letters: DeadLetterWriter,
+    acks_tx: mpsc::UnboundedSender<(EventId, DeadLetterReason)>,
+    commands: std::sync::mpsc::Sender<SourceCommand>,
+    metrics: Metrics,
+    health: Health,
+    paused: bool,
+    pause_at: usize,
+    resume_at: usize,
+    revoking: Option<PendingRevoke>,
+    drain_timeout: Duration,
+}
+
+impl Coordinator {
+    async fn run_loop(
+        &mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        mut reports: mpsc::UnboundedReceiver<DispatchReport>,
+        mut acks: mpsc::UnboundedReceiver<(EventId, DeadLetterReason)>,
+        shutdown: impl Future<Output = ()>,
+        commit_interval: Duration,
+        shutdown_timeout: Duration,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        let mut commit_tick = tokio::time::interval(commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_deadline: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let batch_deadline = self.ledger.next_batch_deadline();
+            let revoke_deadline = self.revoking.as_ref().map(|r| r.deadline);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown, if stop_deadline.is_none() => {
+                    tracing::info!("shutdown requested: no new events; draining in-flight deletions");
+                    self.health.set_stopping();
+                    let _ = self.commands.send(SourceCommand::Pause);
+                    stop_deadline = Some(Instant::now() + shutdown_timeout);
+                    for batch in self.ledger.take_all_batches() {
+                        self.dispatcher.dispatch(batch);
+                    }
+                }
+                Some(report) = reports.recv() => {
+                    let now = Instant::now();
+                    let progress = match report {
+                        DispatchReport::Deleted(batch) => self.ledger.deleted(&batch, now),
+                        DispatchReport::Rejected { region, kind, id, message } => {
+                            self.ledger.rejected(&region, kind, &id, &message)
+                        }
+                    };
+                    self.apply(progress);
+                }
+                Some((event, reason)) = acks.recv() => {
+                    let progress = self.ledger.dead_lettered(event);
+                    if !progress.finished.is_empty() {
+                        self.metrics.dead_letters.with_label_values(&[reason.as_str()]).inc();
+                    } else {
+                        self.metrics.late_acks_dropped.inc();
+                    }
+                    self.apply(progress);
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.on_source(event, stop_deadline.is_some())?,
+                    None => return Err(PipelineError::Fatal("the Kafka consumer thread ended".into())),
+                },
+                _ = tokio::time::sleep_until(batch_deadline.unwrap_or(far).into()), if batch_deadline.is_some() && stop_deadline.is_none() => {
+                    for batch in self.ledger.take_due_batches(Instant::now()) {
+                        self.dispatcher.dispatch(batch);
+                    }
+                }
+                _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
+                _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
+                _ = commit_tick.tick() => {
+                    self.commit();
+                    self.update_gauges();
+                }
+            }
+            self.finish_revoke_if_drained();
+            self.apply_backpressure(stop_deadline.is_some());
+            if let Some(deadline) = stop_deadline {
+                let in_memory = self.ledger.events_in_memory();
+                if in_memory == 0 || Instant::now() >= deadline {
+                    if in_memory > 0 {
+                        tracing::warn!(
+                            in_memory,
+                            "shutdown deadline reached with unfinished events; they are not committed and will be redone"
+                        );
+                    }
+                    self.update_gauges();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_source(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
+        match event {
+            SourceEvent::Record(r) => {
+                // Stale records (their partition was revoked meanwhile) and
+                // records read while stopping are left for the next owner.
+                if stopping || !self.ledger.owns(&r.partition) {
+                    return Ok(());
+                }
+                let progress =
+                    self.ledger
+                        .admit(&r.partition, r.offset, r.record, r.decoded, Instant::now());
+                self.apply(progress);
+            }
+            SourceEvent::Assigned(partitions) => {
+                for p in partitions {
+                    self.ledger.assign(p);
+                }
+            }
+            SourceEvent::Revoked { partitions, reply } => {
+                // Close every open batch so the revoked events can finish.
+                for batch in self.ledger.take_all_batches() {
+                    self.dispatcher.dispatch(batch);
+                }
+                self.revoking = Some(PendingRevoke {
+                    partitions,
+                    reply,
+                    deadline: Instant::now() + self.drain_timeout,
+                });
+            }
+            SourceEvent::Fatal(reason) => return Err(PipelineError::Fatal(reason)),
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, progress: Progress) {
+        for batch in progress.batches {
+            self.dispatcher.dispatch(batch);
+        }
+        for outcome in progress.finished {
+            self.metrics
+                .events_finished
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+        }
+        if !progress.deleted_timestamps_ms.is_empty() {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let h = &self.metrics.event_to_deletion;
+            for ts in progress.deleted_timestamps_ms {
+                h.observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        for order in progress.dead_letters {
+            let writer = self.dead_letters.clone();
+            let acks = self.acks_tx.clone();
+            tokio::spawn(async move {
+                writer.write(&order).await;
+                let _ = acks.send((order.event, order.rejection.reason));
+            });
+        }
+    }
+
+    fn finish_revoke_if_drained(&mut self) {
+        let Some(r) = &self.revoking else {
+            return;
+        };
+        let unfinished = self.ledger.unfinished_in(&r.partitions);
+        if unfinished > 0 && Instant::now() < r.deadline {
+            return;
+        }
+        let r = self.revoking.take().expect("checked above");
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "revoke drain timeout: committing the watermark below the unfinished events"
+            );
+        }
+        let marks = self.ledger.revoke(&r.partitions);
+        let _ = r.reply.send(marks);
+    }
+
+    fn commit(&mut self) {
+        let marks = self.ledger.take_commits();
+        if !marks.is_empty() {
+            let _ = self.commands.send(SourceCommand::Commit(marks));
+        }
+    }
+
+    fn apply_backpressure(&mut self, stopping: bool) {
+        if stopping {
+            return;
+        }
+        let held = self.ledger.events_in_memory();
+        if !self.paused && held >= self.pause_at {
+            self.paused = true;
+            tracing::info!(held, "too many events in memory: pausing consumption");
+            let _ = self.commands.send(SourceCommand::Pause);
+        } else if self.paused && held <= self.resume_at {
+            self.paused = false;
+            tracing::info!(held, "events drained: resuming consumption");
+            let _ = self.commands.send(SourceCommand::Resume);
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .events_in_memory
+            .set(self.ledger.events_in_memory() as i64);
+        let age = self
+            .ledger
+            .oldest_admitted()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics.oldest_unfinished_age.set(age);
+    }
+}

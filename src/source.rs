@@ -1,0 +1,359 @@
+//! The Kafka side: a consumer on its own thread that reads and decodes
+//! messages, reports assignments and revocations, and carries out the commit,
+//! pause and stop requests it receives. It never decides what to commit.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::decode::{Decoded, EventDecoder};
+use crate::health::Health;
+use crate::ledger::RawRecord;
+use crate::metrics::Metrics;
+use crate::offsets::PartitionId;
+
+/// One message read from Kafka, already decoded.
+#[derive(Debug)]
+pub struct SourceRecord {
+    pub partition: PartitionId,
+    pub offset: i64,
+    pub record: RawRecord,
+    pub decoded: Decoded,
+}
+
+/// What the consumer thread tells the pipeline, in the order it happened.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Record(SourceRecord),
+    Assigned(Vec<PartitionId>),
+    /// The pipeline answers with the watermarks to commit for these partitions
+    /// before they are given up (the consumer waits for the answer).
+    Revoked {
+        partitions: Vec<PartitionId>,
+        reply: std_mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    },
+    /// The consumer cannot go on (a fatal librdkafka error).
+    Fatal(String),
+}
+
+/// Requests from the pipeline to the consumer thread.
+#[derive(Debug)]
+pub enum SourceCommand {
+    Commit(Vec<(PartitionId, i64)>),
+    Pause,
+    Resume,
+    /// Commit synchronously, leave the group, end the thread.
+    Stop {
+        final_commit: Vec<(PartitionId, i64)>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub struct SourceSettings {
+    pub client_config: ClientConfig,
+    pub topics: Vec<String>,
+    pub decoder: EventDecoder,
+    /// How long a revoke waits for the pipeline's answer.
+    pub revoke_timeout: Duration,
+}
+
+struct SourceContext {
+    events: mpsc::Sender<SourceEvent>,
+    health: Health,
+    metrics: Metrics,
+    stopping: AtomicBool,
+    paused: AtomicBool,
+    revoke_timeout: Duration,
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
+    tpl.elements()
+        .iter()
+        .map(|e| PartitionId::new(e.topic(), e.partition()))
+        .collect()
+}
+
+fn offsets_list(marks: &[(PartitionId, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in marks {
+        // add_partition_offset only fails for invalid offsets; ours are >= 0.
+        let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+impl SourceContext {
+    fn record_commit(&self, result: &Result<(), KafkaError>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                self.metrics.commits.with_label_values(&["success"]).inc();
+                for e in offsets.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        self.metrics
+                            .committed_offset
+                            .with_label_values(&[e.topic(), &e.partition().to_string()])
+                            .set(o);
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.commits.with_label_values(&["failure"]).inc();
+                tracing::warn!(error = %e, "offset commit failed; the next commit retries it");
+            }
+        }
+    }
+
+    fn commit_sync(&self, consumer: &BaseConsumer<SourceContext>, marks: &[(PartitionId, i64)]) {
+        if marks.is_empty() {
+            return;
+        }
+        let tpl = offsets_list(marks);
+        let result = consumer.commit(&tpl, CommitMode::Sync);
+        self.record_commit(&result, &tpl);
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.health.set_kafka_connected(up);
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.health.set_kafka_connected(false);
+                tracing::error!(%reason, "all Kafka brokers are down");
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                tracing::error!(error = %error, %reason, "fatal Kafka consumer error");
+                let _ = self
+                    .events
+                    .blocking_send(SourceEvent::Fatal(format!("{error}: {reason}")));
+            }
+            _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        let partitions = partitions_of(tpl);
+        tracing::info!(
+            count = partitions.len(),
+            "partitions revoked; draining them before the commit"
+        );
+        if self.stopping.load(Ordering::Relaxed) {
+            return; // the final commit was made before leaving the group
+        }
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        if self
+            .events
+            .blocking_send(SourceEvent::Revoked { partitions, reply })
+            .is_err()
+        {
+            return;
+        }
+        match answer.recv_timeout(self.revoke_timeout + Duration::from_secs(5)) {
+            Ok(marks) => self.commit_sync(consumer, &marks),
+            Err(_) => tracing::warn!(
+                "no answer from the pipeline for the revoke; nothing committed for it"
+            ),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.health.set_kafka_connected(true);
+                if self.paused.load(Ordering::Relaxed) {
+                    let _ = consumer.pause(tpl);
+                }
+                let partitions = partitions_of(tpl);
+                tracing::info!(count = partitions.len(), "partitions assigned");
+                let _ = self.events.blocking_send(SourceEvent::Assigned(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.metrics.partitions_assigned.set(assigned as i64);
+    }
+
+    fn commit_callback(&self, result: Result<(), KafkaError>, offsets: &TopicPartitionList) {
+        self.record_commit(&result, offsets);
+    }
+}
+
+/// A handle to the running consumer thread.
+pub struct KafkaSource {
+    pub commands: std_mpsc::Sender<SourceCommand>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Creates the consumer (errors here are configuration errors) and starts its thread.
+pub fn start(
+    settings: SourceSettings,
+    events: mpsc::Sender<SourceEvent>,
+    metrics: Metrics,
+    health: Health,
+) -> Result<KafkaSource, KafkaError> {
+    let context = SourceContext {
+        events: events.clone(),
+        health,
+        metrics: metrics.clone(),
+        stopping: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        revoke_timeout: settings.revoke_timeout,
+    };
+    let consumer: BaseConsumer<SourceContext> =
+        settings.client_config.create_with_context(context)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let (commands, command_rx) = std_mpsc::channel();
+    let decoder = settings.decoder;
+    let thread = std::thread::Builder::new()
+        .name("kafka-source".into())
+        .spawn(move || consume(consumer, decoder, events, command_rx, metrics))
+        .expect("spawning a thread");
+    Ok(KafkaSource { commands, thread })
+}
+
+fn consume(
+    consumer: BaseConsumer<SourceContext>,
+    decoder: EventDecoder,
+    events: mpsc::Sender<SourceEvent>,
+    commands: std_mpsc::Receiver<SourceCommand>,
+    metrics: Metrics,
+) {
+    let consumer = Arc::new(consumer);
+    // Label values are looked up once per topic, not per message.
+    let mut consumed: BTreeMap<String, prometheus::IntCounter> = BTreeMap::new();
+    loop {
+        loop {
+            match commands.try_recv() {
+                Ok(SourceCommand::Commit(marks)) => {
+                    let owned = owned_only(&consumer, &marks);
+                    if !owned.is_empty() {
+                        let tpl = offsets_list(&owned);
+                        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                            consumer.context().record_commit(&Err(e), &tpl);
+                        }
+                    }
+                }
+                Ok(SourceCommand::Pause) => {
+                    consumer.context().paused.store(true, Ordering::Relaxed);
+                    if let Ok(a) = consumer.assignment() {
+                        let _ = consumer.pause(&a);
+                    }
+                    metrics.consumer_paused.set(1);
+                }
+                Ok(SourceCommand::Resume) => {
+                    consumer.context().paused.store(false, Ordering::Relaxed);
+                    if let Ok(a) = consumer.assignment() {
+                        let _ = consumer.resume(&a);
+                    }
+                    metrics.consumer_paused.set(0);
+                }
+                Ok(SourceCommand::Stop { final_commit, done }) => {
+                    let owned = owned_only(&consumer, &final_commit);
+                    consumer.context().commit_sync(&consumer, &owned);
+                    consumer.context().stopping.store(true, Ordering::Relaxed);
+                    consumer.unsubscribe();
+                    // Serve the unsubscribe's revoke so the group sees us leave.
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    drop(consumer);
+                    let _ = done.send(());
+                    return;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+
+        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let message = match result {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        let topic = message.topic();
+        let counter = match consumed.get(topic) {
+            Some(c) => c,
+            None => consumed
+                .entry(topic.to_string())
+                .or_insert_with(|| metrics.events_consumed.with_label_values(&[topic])),
+        };
+        counter.inc();
+        let payload = message.payload();
+        let decoded = decoder.decode(payload);
+        let record = SourceRecord {
+            partition: PartitionId::new(topic, message.partition()),
+            offset: message.offset(),
+            record: RawRecord {
+                key: message.key().map(Bytes::copy_from_slice),
+                // The payload is kept only for events that might be dead-lettered later.
+                payload: payload.map(Bytes::copy_from_slice),
+                timestamp_ms: message.timestamp().to_millis(),
+            },
+            decoded,
+        };
+        drop(message);
+        if events.blocking_send(SourceEvent::Record(record)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Only partitions this member owns now may be committed.
+fn owned_only(
+    consumer: &BaseConsumer<SourceContext>,
+    marks: &[(PartitionId, i64)],
+) -> Vec<(PartitionId, i64)> {
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let elements = assignment.elements();
+    let owned: std::collections::HashSet<(&str, i32)> = elements
+        .iter()
+        .map(|e| (e.topic(), e.partition()))
+        .collect();
+    marks
+        .iter()
+        .filter(|(p, _)| owned.contains(&(&*p.topic, p.partition)))
+        .cloned()
+        .collect()
+}

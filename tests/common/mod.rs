@@ -1,0 +1,317 @@
+//! Shared harness: an in-process Kafka (rdkafka's MockCluster), the fake
+//! CleverTap API, and helpers to read what the group committed and what went
+//! to the dead-letter topic.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clevertap_deleter::api::{DeleteApi, HttpDeleteApi};
+use clevertap_deleter::config::{self, Config};
+use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
+use clevertap_deleter::health::Health;
+use clevertap_deleter::metrics::Metrics;
+use clevertap_deleter::pipeline::{self, PipelineError, RunSummary};
+use clevertap_deleter::synth::SynthEvent;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+pub const REGIONS: [&str; 3] = ["eu1", "in1", "us1"];
+
+pub fn account_id(region: &str) -> String {
+    format!("ACC-{}", region.to_uppercase())
+}
+
+pub fn passcode(region: &str) -> String {
+    format!("pass-{region}-s3cr3t")
+}
+
+pub struct Kafka {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub bootstrap: String,
+}
+
+impl Kafka {
+    pub fn new() -> Self {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let bootstrap = cluster.bootstrap_servers();
+        Kafka { cluster, bootstrap }
+    }
+
+    pub fn topic(&self, name: &str, partitions: i32) {
+        self.cluster
+            .create_topic(name, partitions, 1)
+            .expect("create topic");
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces events; `partition_of` picks each one's partition.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        events: &[SynthEvent],
+        partition_of: impl Fn(usize) -> i32,
+    ) {
+        let producer = self.producer();
+        let sends: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let record = FutureRecord::to(topic)
+                    .key(e.key.as_bytes())
+                    .payload(&e.payload[..])
+                    .partition(partition_of(i));
+                producer.send(record, Duration::from_secs(10))
+            })
+            .collect();
+        for s in futures::future::join_all(sends).await {
+            s.expect("produce");
+        }
+    }
+
+    /// Offsets committed by `group` for partitions 0..n (-1 when none).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let offsets = {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(topic, p);
+            }
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(5))
+                .expect("committed offsets");
+            let offsets: Vec<i64> = (0..partitions)
+                .map(
+                    |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o,
+                        _ => -1,
+                    },
+                )
+                .collect();
+            drop(committed);
+            offsets
+        };
+        drop(consumer);
+        offsets
+    }
+
+    /// Every record of partition 0..n of a topic, with headers as a map.
+    pub fn read_all(
+        &self,
+        topic: &str,
+        partitions: i32,
+        expect: usize,
+        timeout: Duration,
+    ) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&tpl).expect("assign");
+        }
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < expect && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).to_string(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    key: m.key().map(|k| k.to_vec()),
+                    payload: m.payload().map(|p| p.to_vec()),
+                    headers,
+                });
+            }
+        }
+        drop(consumer);
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+pub async fn fake_api(max_concurrency: usize) -> FakeCleverTap {
+    FakeCleverTap::start(FakeApiConfig {
+        accounts: REGIONS
+            .iter()
+            .map(|r| FakeAccount {
+                account_id: account_id(r),
+                passcode: passcode(r),
+            })
+            .collect(),
+        max_concurrency,
+        ..FakeApiConfig::default()
+    })
+    .await
+    .expect("fake api")
+}
+
+/// A configuration for the test: short timers so tests run fast.
+pub fn config_toml(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    endpoint: &str,
+    extra: &str,
+) -> String {
+    let mut regions = String::new();
+    for r in REGIONS {
+        regions.push_str(&format!(
+            "[regions.{r}]\naccount_id = \"{}\"\npasscode = \"{}\"\nendpoint = \"{endpoint}\"\n",
+            account_id(r),
+            passcode(r)
+        ));
+    }
+    format!(
+        r#"
+[kafka]
+brokers = "{bootstrap}"
+topics = ["{topic}"]
+group_id = "{group}"
+dlq_topic = "{topic}.dlq"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+[batch]
+max_ids = 100
+linger_ms = 30
+[api]
+timeout_ms = 2000
+max_concurrency = 4
+retry_initial_ms = 10
+retry_max_ms = 200
+auth_retry_ms = 200
+[pipeline]
+commit_interval_ms = 100
+shutdown_timeout_ms = 10000
+[server]
+listen = "127.0.0.1:0"
+{extra}
+{regions}"#
+    )
+}
+
+/// A running pipeline with a handle to stop it.
+pub struct Running {
+    pub metrics: Metrics,
+    pub health: Health,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<RunSummary, PipelineError>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) -> Result<RunSummary, PipelineError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("pipeline stops within 60 s")
+            .expect("pipeline task")
+    }
+}
+
+pub fn start(toml: &str) -> Running {
+    let cfg: Config = config::from_toml(toml).expect("valid test config");
+    let api: Arc<dyn DeleteApi> = Arc::new(HttpDeleteApi::new(cfg.timeout(), 16).unwrap());
+    start_with(cfg, api)
+}
+
+pub fn start_with(cfg: Config, api: Arc<dyn DeleteApi>) -> Running {
+    let metrics = Metrics::new();
+    let health = Health::new(metrics.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(pipeline::run(
+        cfg,
+        api,
+        metrics.clone(),
+        health.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        metrics,
+        health,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Polls `check` until it returns true, or panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of a metric series in Prometheus text, e.g.
+/// `metric(&text, "clevertap_deleter_events_finished_total{outcome=\"deleted\"}")`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Unique names so tests never share a group or topic.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
