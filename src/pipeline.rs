@@ -31,6 +31,10 @@ pub enum PipelineError {
     Fatal(String),
 }
 
+/// Records decoded but not yet admitted. Small, because everything in it is
+/// on top of `pipeline.max_events_in_memory` while consumption is paused.
+pub const SOURCE_CHANNEL_CAPACITY: usize = 512;
+
 /// The librdkafka settings the consumer uses: ours, then the user's properties.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let k = &config.settings.kafka;
@@ -119,7 +123,7 @@ pub async fn run(
         health.clone(),
     );
 
-    let (events_tx, events) = mpsc::channel(4096);
+    let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
     let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
     let source = source::start(
         SourceSettings {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use clevertap_deleter::decode::DeadLetterReason;
@@ -115,6 +115,441 @@ async fn every_id_deleted_once_with_duplicates_and_mixed_regions() {
     assert_eq!(ids, expected.len() as f64);
     let summary = running.stop().await.expect("clean stop");
     assert_eq!(summary.unfinished_at_exit, 0);
-    let _ = BTreeMap::<u8, u8>::new();
-    let _ = DeadLetterReason::Empty;
+}
+
+/// Simple single-region events, one identity each: `u{i}`.
+fn simple_events(
+    n: usize,
+    region_of: impl Fn(usize) -> &'static str,
+) -> Vec<clevertap_deleter::synth::SynthEvent> {
+    (0..n)
+        .map(|i| {
+            let region = region_of(i);
+            clevertap_deleter::synth::SynthEvent {
+                key: format!("k{i}"),
+                payload: format!(
+                    r#"{{"type":"user-deleted","region":"{region}","identity":"u{i}"}}"#
+                )
+                .into_bytes(),
+                deletions: vec![ExpectedDeletion {
+                    region: region.to_string(),
+                    kind: IdKind::Identity,
+                    id: format!("u{i}"),
+                }],
+                poison: None,
+            }
+        })
+        .collect()
+}
+
+fn deleted_identity(
+    api: &clevertap_deleter::fake_api::FakeCleverTap,
+    region: &str,
+    id: &str,
+) -> bool {
+    api.deletion_counts()
+        .contains_key(&(account_id(region), IdKind::Identity, id.to_string()))
+}
+
+struct Setup {
+    kafka: Kafka,
+    topic: String,
+    group: String,
+    api: clevertap_deleter::fake_api::FakeCleverTap,
+}
+
+async fn setup(partitions: i32, api_limit: usize) -> Setup {
+    let kafka = Kafka::new();
+    let topic = unique("t");
+    kafka.topic(&topic, partitions);
+    kafka.topic(&format!("{topic}.dlq"), 1);
+    Setup {
+        kafka,
+        topic,
+        group: unique("g"),
+        api: fake_api(api_limit).await,
+    }
+}
+
+impl Setup {
+    fn toml(&self, extra: &str) -> String {
+        config_toml(
+            &self.kafka.bootstrap,
+            &self.topic,
+            &self.group,
+            &self.api.endpoint(),
+            extra,
+        )
+    }
+
+    fn committed(&self, partitions: i32) -> Vec<i64> {
+        self.kafka.committed(&self.group, &self.topic, partitions)
+    }
+
+    async fn wait_committed(&self, expected: Vec<i64>, timeout: Duration) {
+        let n = expected.len() as i32;
+        wait_for(&format!("committed offsets {expected:?}"), timeout, || {
+            let c = self.committed(n);
+            let ok = c == expected;
+            async move { ok }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_batch_holds_the_commit_until_it_succeeds() {
+    let s = setup(1, 15).await;
+    let events = simple_events(300, |_| "eu1");
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    s.api.fail_ids(["u100".to_string()], 500);
+    let running = start(&s.toml("[batch]\nmax_ids = 10\nlinger_ms = 20"));
+
+    wait_for("later batches deleted", Duration::from_secs(30), || {
+        let ok = deleted_identity(&s.api, "eu1", "u299");
+        async move { ok }
+    })
+    .await;
+    // Give several commit intervals the chance to (wrongly) move past it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held = s.committed(1)[0];
+    assert!(
+        held <= 100,
+        "committed {held} is past the failing event at offset 100"
+    );
+    assert!(
+        held >= 50,
+        "events before the failure are committed: {held}"
+    );
+    assert!(!deleted_identity(&s.api, "eu1", "u100"));
+    let text = running.metrics.render();
+    assert!(
+        metric(
+            &text,
+            "clevertap_deleter_api_retries_total{reason=\"server_error\",region=\"eu1\"}"
+        ) > 0.0
+    );
+
+    s.api.clear_failing_ids();
+    s.wait_committed(vec![300], Duration::from_secs(30)).await;
+    assert!(deleted_identity(&s.api, "eu1", "u100"));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_never_exceeds_max_concurrency_and_everything_is_deleted() {
+    // The fake allows 2 at once and throttles 20% at random on top.
+    let s = setup(3, 2).await;
+    s.api.set_faults(clevertap_deleter::fake_api::Faults {
+        too_many: 0.2,
+        retry_after_secs: None,
+        ..Default::default()
+    });
+    s.api.set_latency(Duration::from_millis(20));
+    let events = simple_events(2_000, |i| REGIONS[i % 3]);
+    s.kafka.produce(&s.topic, &events, |i| (i % 3) as i32).await;
+    let running = start(&s.toml("[batch]\nmax_ids = 20\nlinger_ms = 10"));
+    let per_partition = (2_000 / 3 + 1) as i64;
+    s.wait_committed(
+        vec![per_partition, per_partition, 2_000 - 2 * per_partition],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    for r in REGIONS {
+        let peak = s.api.max_concurrent(&account_id(r));
+        assert!(
+            peak <= 4,
+            "{r}: the fake saw {peak} requests at once, above max_concurrency 4"
+        );
+    }
+    let statuses = s.api.status_counts();
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) > 10,
+        "a storm happened: {statuses:?}"
+    );
+    assert_eq!(s.api.deletion_counts().len(), 2_000);
+    assert!(s.api.violations().is_empty());
+    let text = running.metrics.render();
+    assert!(
+        metric(
+            &text,
+            "clevertap_deleter_api_retries_total{reason=\"too_many_requests\",region=\"eu1\"}"
+        ) > 0.0
+    );
+    running.stop().await.unwrap();
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_hold_one_region_while_others_proceed() {
+    let s = setup(1, 15).await;
+    s.api.set_passcode(&account_id("in1"), "rotated-elsewhere");
+    // Offsets 0..: eu1, in1, us1, eu1, in1, ...; the first in1 event is offset 1.
+    let events = simple_events(300, |i| REGIONS[i % 3]);
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    let running = start(&s.toml(""));
+    let (addr, _server) = clevertap_deleter::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        running.metrics.clone(),
+        running.health.clone(),
+    )
+    .await
+    .unwrap();
+
+    wait_for("eu1 and us1 deleted", Duration::from_secs(30), || {
+        let ok = (0..300)
+            .filter(|i| i % 3 != 1)
+            .all(|i| deleted_identity(&s.api, REGIONS[i % 3], &format!("u{i}")));
+        async move { ok }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = s.committed(1)[0];
+    assert!(
+        held <= 1,
+        "nothing past the first in1 event is committed: {held}"
+    );
+    assert!(!s
+        .api
+        .deletion_counts()
+        .keys()
+        .any(|(a, _, _)| a == &account_id("in1")));
+    let (status, body) = http_get(&format!("http://{addr}/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("in1"), "{body}");
+    let (_, text) = http_get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(
+        metric(&text, "clevertap_deleter_region_held{region=\"in1\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "clevertap_deleter_region_held{region=\"eu1\"}"),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "clevertap_deleter_region_auth_failures_total{region=\"in1\",status=\"401\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_dead_letters_total{reason=\"api_rejected\"}"
+        ),
+        0.0,
+        "never dead-lettered"
+    );
+    // Held probes are slow: far fewer 401s than batches waiting.
+    assert!(s.api.status_counts().get(&401).copied().unwrap_or(0) < 40);
+
+    // The credentials are fixed: the region resumes and everything commits.
+    s.api.set_passcode(&account_id("in1"), &passcode("in1"));
+    s.wait_committed(vec![300], Duration::from_secs(30)).await;
+    assert_eq!(s.api.deletion_counts().len(), 300);
+    let (status, _) = http_get(&format!("http://{addr}/readyz")).await;
+    assert_eq!(status, 200);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dead_letter_topic_with_its_reason() {
+    let s = setup(2, 15).await;
+    let events = generate(&SynthSpec {
+        count: 600,
+        poison_ratio: 0.1,
+        ..SynthSpec::default()
+    });
+    s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
+    let running = start(&s.toml(""));
+    s.wait_committed(vec![300, 300], Duration::from_secs(60))
+        .await;
+
+    let poison: Vec<_> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.poison.is_some())
+        .collect();
+    assert!(poison.len() >= 30);
+    let dlq = s.kafka.read_all(
+        &format!("{}.dlq", s.topic),
+        1,
+        poison.len(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        dlq.len(),
+        poison.len(),
+        "one dead letter per poison message"
+    );
+    for (i, e) in &poison {
+        let key = e.key.as_bytes().to_vec();
+        let found = dlq
+            .iter()
+            .find(|r| {
+                r.key.as_ref() == Some(&key)
+                    && r.headers.get("source_offset") == Some(&(i / 2).to_string())
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {}", e.key));
+        assert_eq!(found.headers["reason"], e.poison.unwrap().as_str());
+        assert_eq!(
+            found.payload.as_deref(),
+            Some(&e.payload[..]),
+            "original payload kept"
+        );
+        assert_eq!(found.headers["source_topic"], s.topic);
+        assert_eq!(found.headers["source_partition"], (i % 2).to_string());
+        assert!(!found.headers["detail"].is_empty());
+        assert!(found.headers.contains_key("dead_lettered_at_ms"));
+    }
+    let text = running.metrics.render();
+    let dead: f64 = DeadLetterReason::ALL
+        .iter()
+        .map(|r| {
+            metric(
+                &text,
+                &format!(
+                    "clevertap_deleter_dead_letters_total{{reason=\"{}\"}}",
+                    r.as_str()
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(dead, poison.len() as f64);
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_events_finished_total{outcome=\"dead_lettered\"}"
+        ),
+        poison.len() as f64
+    );
+    assert_eq!(s.api.deletion_counts().len(), expected_set(&events).len());
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_clevertap_rejects_are_isolated_and_dead_lettered() {
+    let s = setup(1, 15).await;
+    let events = simple_events(250, |_| "us1");
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    let bad = ["u7", "u120", "u121"];
+    s.api.reject_ids(bad.iter().map(|b| b.to_string()));
+    let running = start(&s.toml("[batch]\nlinger_ms = 100"));
+    s.wait_committed(vec![250], Duration::from_secs(30)).await;
+
+    let counts = s.api.deletion_counts();
+    assert_eq!(counts.len(), 247, "every other id is deleted");
+    assert!(bad.iter().all(|b| !deleted_identity(&s.api, "us1", b)));
+    assert!(s.api.requests().iter().all(|r| r.ids <= 100));
+    let dlq = s
+        .kafka
+        .read_all(&format!("{}.dlq", s.topic), 1, 3, Duration::from_secs(10));
+    let mut keys: Vec<String> = dlq
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["k120", "k121", "k7"]);
+    assert!(dlq.iter().all(|r| r.headers["reason"] == "api_rejected"));
+    assert!(dlq
+        .iter()
+        .all(|r| r.headers["detail"].contains("Invalid identity")));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_deletions_and_commits_them() {
+    let s = setup(2, 15).await;
+    s.api.set_latency(Duration::from_millis(300));
+    let events = simple_events(4_000, |i| REGIONS[i % 3]);
+    s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
+    let running = start(&s.toml("[batch]\nmax_ids = 50"));
+    wait_for("first deletions", Duration::from_secs(30), || {
+        let ok = s.api.deleted_total() > 0;
+        async move { ok }
+    })
+    .await;
+    let summary = running.stop().await.expect("clean stop");
+    assert_eq!(summary.unfinished_at_exit, 0, "in-flight work was drained");
+    let committed = s.committed(2);
+    assert_eq!(
+        committed,
+        summary
+            .committed
+            .iter()
+            .map(|(_, o)| *o)
+            .collect::<Vec<_>>(),
+        "the final commit is what the pipeline finished"
+    );
+    assert!(
+        committed.iter().all(|c| *c > 0),
+        "something was committed: {committed:?}"
+    );
+    // Everything below the committed offsets was deleted.
+    for (i, e) in events.iter().enumerate() {
+        let (p, offset) = (i % 2, (i / 2) as i64);
+        if offset < committed[p] {
+            assert!(
+                deleted_identity(&s.api, &e.deletions[0].region, &e.deletions[0].id),
+                "event {i} committed but not deleted"
+            );
+        }
+    }
+    // A restart picks up where it stopped and finishes the rest.
+    s.api.set_latency(Duration::ZERO);
+    let again = start(&s.toml(""));
+    s.wait_committed(vec![2_000, 2_000], Duration::from_secs(60))
+        .await;
+    assert_eq!(s.api.deletion_counts().len(), 4_000);
+    again.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_while_the_api_is_down() {
+    let s = setup(2, 15).await;
+    s.api.set_faults(clevertap_deleter::fake_api::Faults {
+        server_error: 1.0,
+        ..Default::default()
+    });
+    let events = simple_events(6_000, |i| REGIONS[i % 3]);
+    s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
+    let running =
+        start(&s.toml("[pipeline]\nmax_events_in_memory = 500\ncommit_interval_ms = 100"));
+    wait_for("consumption paused", Duration::from_secs(30), || {
+        let ok = metric(
+            &running.metrics.render(),
+            "clevertap_deleter_consumer_paused",
+        ) == 1.0;
+        async move { ok }
+    })
+    .await;
+    let bound = 500 + clevertap_deleter::pipeline::SOURCE_CHANNEL_CAPACITY as i64;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = running.metrics.events_in_memory.get();
+        assert!(held <= bound, "{held} events in memory, above {bound}");
+    }
+    let committed = s.committed(2);
+    assert!(
+        committed.iter().all(|c| *c <= 0),
+        "nothing committed while nothing is deleted: {committed:?}"
+    );
+
+    s.api.set_faults(Default::default());
+    s.wait_committed(vec![3_000, 3_000], Duration::from_secs(60))
+        .await;
+    assert_eq!(s.api.deletion_counts().len(), 6_000);
+    assert_eq!(
+        metric(
+            &running.metrics.render(),
+            "clevertap_deleter_consumer_paused"
+        ),
+        0.0
+    );
+    running.stop().await.unwrap();
 }

@@ -200,7 +200,7 @@ pub fn config_toml(
             passcode(r)
         ));
     }
-    format!(
+    let base = format!(
         r#"
 [kafka]
 brokers = "{bootstrap}"
@@ -224,9 +224,27 @@ commit_interval_ms = 100
 shutdown_timeout_ms = 10000
 [server]
 listen = "127.0.0.1:0"
-{extra}
 {regions}"#
-    )
+    );
+    merge_toml(&base, extra)
+}
+
+/// Overlays `extra` (TOML tables) on `base`, table by table.
+pub fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut base: toml::Table = base.parse().expect("base TOML");
+    let extra: toml::Table = extra.parse().expect("extra TOML");
+    merge(&mut base, extra);
+    toml::to_string(&base).expect("TOML")
 }
 
 /// A running pipeline with a handle to stop it.
