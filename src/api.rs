@@ -236,6 +236,22 @@ fn transport_error(e: reqwest::Error) -> TransportError {
     }
 }
 
+/// The API the configuration asks for: the HTTPS client, or [`DryRunApi`].
+pub fn client_for(
+    config: &crate::config::Config,
+) -> Result<std::sync::Arc<dyn DeleteApi>, reqwest::Error> {
+    if config.settings.api.dry_run {
+        tracing::warn!(
+            "dry run: no Delete User Profile call, no offset commit, no dead-letter write"
+        );
+        return Ok(std::sync::Arc::new(DryRunApi));
+    }
+    Ok(std::sync::Arc::new(HttpDeleteApi::new(
+        config.timeout(),
+        config.settings.api.max_concurrency,
+    )?))
+}
+
 /// Dry-run: makes no call and answers success, so everything else runs for real.
 pub struct DryRunApi;
 

@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::{DeleteApi, DryRunApi, HttpDeleteApi};
 use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -40,6 +38,28 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run everything on this machine: an in-process Kafka and fake CleverTap
+    /// API, synthetic events, the real pipeline, then a summary.
+    Demo {
+        /// How many events to produce.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Events per second to produce (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Share of API calls the fake answers with a 5xx (0 up to, not including, 1).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Share of API calls the fake answers with 429 (0 up to, not including, 1).
+        #[arg(long, default_value_t = 0.0)]
+        throttle_rate: f64,
+        /// Latency of the fake API in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        /// Where /metrics, /healthz and /readyz are served during the demo.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {
         #[arg(long, short)]
@@ -68,6 +88,47 @@ pub fn main_with(cli: Cli) -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Demo {
+            events,
+            rate,
+            fail_rate,
+            throttle_rate,
+            latency_ms,
+            listen,
+        } => {
+            for (name, v) in [
+                ("--fail-rate", fail_rate),
+                ("--throttle-rate", throttle_rate),
+            ] {
+                if !(0.0..1.0).contains(&v) {
+                    eprintln!("clevertap-deleter: {name} must be at least 0 and below 1");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+            // Retries are shown in the progress line; logs only for errors.
+            crate::logging::init("human", "error");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let opts = crate::demo::DemoOptions {
+                events,
+                rate,
+                fail_rate,
+                throttle_rate,
+                latency: std::time::Duration::from_millis(latency_ms),
+                listen,
+                partitions: 6,
+            };
+            match runtime.block_on(crate::demo::run(opts)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(EXIT_FATAL),
+                Err(e) => {
+                    eprintln!("clevertap-deleter demo: {e}");
+                    ExitCode::from(EXIT_FATAL)
+                }
+            }
+        }
         Command::Run { config, dry_run } => {
             let mut cfg = match load_or_exit(config.as_deref()) {
                 Ok(c) => c,
@@ -105,16 +166,11 @@ pub async fn shutdown_signal() {
 async fn run_daemon(cfg: Config) -> ExitCode {
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let api: Arc<dyn DeleteApi> = if cfg.settings.api.dry_run {
-        tracing::warn!("dry run: no Delete User Profile call will be made");
-        Arc::new(DryRunApi)
-    } else {
-        match HttpDeleteApi::new(cfg.timeout(), cfg.settings.api.max_concurrency) {
-            Ok(api) => Arc::new(api),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the HTTPS client");
-                return ExitCode::from(EXIT_FATAL);
-            }
+    let api = match crate::api::client_for(&cfg) {
+        Ok(api) => api,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTPS client");
+            return ExitCode::from(EXIT_FATAL);
         }
     };
     let (addr, _server) = match crate::server::serve(cfg.listen, metrics.clone(), health.clone())

@@ -294,7 +294,8 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .separator("__")
-            .try_parsing(true)
+            // No try_parsing: it would turn a passcode or group id like "0042"
+            // into the number 42. Numeric keys still parse from their text.
             .list_separator(",")
             .with_list_parse_key("kafka.topics")
             .with_list_parse_key("event.accept_types"),

@@ -71,8 +71,10 @@ impl fmt::Display for DeadLetterReason {
     }
 }
 
-/// A dead-letter verdict. `detail` never holds an id (ids are personal data
-/// and would end up in logs); it names the field and the problem.
+/// A dead-letter verdict. Details made by the decoder never hold an id (ids
+/// are personal data); they name the field and the problem. For `ApiRejected`
+/// the detail is CleverTap's message, which may repeat the id, like the
+/// payload beside it in the dead-letter record; it is never logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: DeadLetterReason,

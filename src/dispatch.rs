@@ -283,9 +283,12 @@ mod tests {
     use futures::future::BoxFuture;
     use std::sync::Mutex;
 
+    type Script =
+        Box<dyn Fn(&DeleteBatch, usize) -> Result<ApiReply, TransportError> + Send + Sync>;
+
     /// Answers from a script keyed by what the batch holds.
     struct ScriptedApi {
-        answer: Box<dyn Fn(&DeleteBatch, usize) -> Result<ApiReply, TransportError> + Send + Sync>,
+        answer: Script,
         calls: Mutex<Vec<Vec<String>>>,
     }
 

@@ -78,6 +78,8 @@ pub struct Progress {
     pub batches: Vec<DeleteBatch>,
     /// Milliseconds since the epoch of finished events' Kafka timestamps (deleted ones).
     pub deleted_timestamps_ms: Vec<i64>,
+    /// Acknowledgements for events whose partition was revoked meanwhile.
+    pub late_acks: u64,
 }
 
 #[derive(Debug)]
@@ -248,6 +250,8 @@ impl Ledger {
         let mut progress = Progress::default();
         if self.events.contains_key(&event) {
             self.finish(event, Finish::DeadLettered, &mut progress);
+        } else {
+            progress.late_acks += 1;
         }
         progress
     }
@@ -260,6 +264,7 @@ impl Ledger {
     ) {
         // Missing: the event's partition was revoked; the new owner redoes it.
         let Some(pending) = self.events.get_mut(&event) else {
+            progress.late_acks += 1;
             return;
         };
         pending.remaining = pending.remaining.saturating_sub(1);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod dedup;
+pub mod demo;
 pub mod dispatch;
 pub mod fake_api;
 pub mod health;

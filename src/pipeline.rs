@@ -159,6 +159,7 @@ pub async fn run(
         resume_at: max_events * 3 / 4,
         revoking: None,
         drain_timeout,
+        dry_run: s.api.dry_run,
     };
     let outcome = coordinator
         .run_loop(
@@ -172,7 +173,11 @@ pub async fn run(
         .await;
 
     // Final synchronous commit of what finished, then leave the group.
-    let committed = coordinator.ledger.all_watermarks();
+    let committed = if coordinator.dry_run {
+        Vec::new()
+    } else {
+        coordinator.ledger.all_watermarks()
+    };
     let unfinished_at_exit = coordinator.ledger.events_in_memory();
     let (done_tx, done_rx) = oneshot::channel();
     let _ = source.commands.send(SourceCommand::Stop {
@@ -216,6 +221,9 @@ struct Coordinator {
     resume_at: usize,
     revoking: Option<PendingRevoke>,
     drain_timeout: Duration,
+    /// Dry run: no offset is committed and nothing is written to the
+    /// dead-letter topic, so a later real run redoes everything.
+    dry_run: bool,
 }
 
 impl Coordinator {
@@ -261,8 +269,6 @@ impl Coordinator {
                     let progress = self.ledger.dead_lettered(event);
                     if !progress.finished.is_empty() {
                         self.metrics.dead_letters.with_label_values(&[reason.as_str()]).inc();
-                    } else {
-                        self.metrics.late_acks_dropped.inc();
                     }
                     self.apply(progress);
                 }
@@ -283,7 +289,7 @@ impl Coordinator {
                 }
             }
             self.finish_revoke_if_drained();
-            self.apply_backpressure(stop_deadline.is_some());
+            self.apply_backpressure(stop_deadline.is_some(), events.len());
             if let Some(deadline) = stop_deadline {
                 let in_memory = self.ledger.events_in_memory();
                 if in_memory == 0 || Instant::now() >= deadline {
@@ -335,6 +341,7 @@ impl Coordinator {
     }
 
     fn apply(&mut self, progress: Progress) {
+        self.metrics.late_acks_dropped.inc_by(progress.late_acks);
         for batch in progress.batches {
             self.dispatcher.dispatch(batch);
         }
@@ -355,6 +362,16 @@ impl Coordinator {
             }
         }
         for order in progress.dead_letters {
+            if self.dry_run {
+                tracing::info!(
+                    reason = order.rejection.reason.as_str(),
+                    partition = order.source.partition,
+                    offset = order.offset,
+                    "dry run: would dead-letter"
+                );
+                let _ = self.acks_tx.send((order.event, order.rejection.reason));
+                continue;
+            }
             let writer = self.dead_letters.clone();
             let acks = self.acks_tx.clone();
             tokio::spawn(async move {
@@ -380,21 +397,23 @@ impl Coordinator {
             );
         }
         let marks = self.ledger.revoke(&r.partitions);
-        let _ = r.reply.send(marks);
+        let _ = r.reply.send(if self.dry_run { Vec::new() } else { marks });
     }
 
     fn commit(&mut self) {
         let marks = self.ledger.take_commits();
-        if !marks.is_empty() {
+        if !marks.is_empty() && !self.dry_run {
             let _ = self.commands.send(SourceCommand::Commit(marks));
         }
     }
 
-    fn apply_backpressure(&mut self, stopping: bool) {
+    /// `queued`: records decoded and waiting in the channel, counted too so
+    /// the pause comes before they are admitted.
+    fn apply_backpressure(&mut self, stopping: bool, queued: usize) {
         if stopping {
             return;
         }
-        let held = self.ledger.events_in_memory();
+        let held = self.ledger.events_in_memory() + queued;
         if !self.paused && held >= self.pause_at {
             self.paused = true;
             tracing::info!(held, "too many events in memory: pausing consumption");

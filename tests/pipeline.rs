@@ -516,7 +516,7 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         server_error: 1.0,
         ..Default::default()
     });
-    let events = simple_events(6_000, |i| REGIONS[i % 3]);
+    let events = simple_events(20_000, |i| REGIONS[i % 3]);
     s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
     let running =
         start(&s.toml("[pipeline]\nmax_events_in_memory = 500\ncommit_interval_ms = 100"));
@@ -528,11 +528,41 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         async move { ok }
     })
     .await;
-    let bound = 500 + clevertap_deleter::pipeline::SOURCE_CHANNEL_CAPACITY as i64;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let consumed = || {
+        metric(
+            &running.metrics.render(),
+            &format!(
+                "clevertap_deleter_events_consumed_total{{topic=\"{}\"}}",
+                s.topic
+            ),
+        )
+    };
+    let held_at_pause = running.metrics.events_in_memory.get();
+    let consumed_at_pause = consumed();
+    // The bound: the configured maximum, the source channel, and what
+    // librdkafka hands out before the pause takes effect (documented slack).
+    let bound = 500 + clevertap_deleter::pipeline::SOURCE_CHANNEL_CAPACITY as i64 + 1_000;
+    assert!(
+        held_at_pause <= bound,
+        "{held_at_pause} events in memory, above {bound}"
+    );
+    assert!(
+        consumed_at_pause < 5_000.0,
+        "consumption stopped early: {consumed_at_pause}"
+    );
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let held = running.metrics.events_in_memory.get();
-        assert!(held <= bound, "{held} events in memory, above {bound}");
+        assert_eq!(
+            consumed(),
+            consumed_at_pause,
+            "nothing is read while paused"
+        );
+        assert_eq!(
+            running.metrics.events_in_memory.get(),
+            held_at_pause,
+            "memory stays flat"
+        );
     }
     let committed = s.committed(2);
     assert!(
@@ -541,9 +571,9 @@ async fn memory_stays_bounded_while_the_api_is_down() {
     );
 
     s.api.set_faults(Default::default());
-    s.wait_committed(vec![3_000, 3_000], Duration::from_secs(60))
+    s.wait_committed(vec![10_000, 10_000], Duration::from_secs(60))
         .await;
-    assert_eq!(s.api.deletion_counts().len(), 6_000);
+    assert_eq!(s.api.deletion_counts().len(), 20_000);
     assert_eq!(
         metric(
             &running.metrics.render(),
@@ -552,4 +582,39 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         0.0
     );
     running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
+    let s = setup(1, 15).await;
+    let events = generate(&SynthSpec {
+        count: 300,
+        poison_ratio: 0.05,
+        ..SynthSpec::default()
+    });
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    let running = start(&s.toml("[api]\ndry_run = true"));
+    wait_for("every event finished", Duration::from_secs(30), || {
+        let text = running.metrics.render();
+        let total: f64 = ["deleted", "deduplicated", "dead_lettered", "skipped"]
+            .iter()
+            .map(|o| {
+                metric(
+                    &text,
+                    &format!("clevertap_deleter_events_finished_total{{outcome=\"{o}\"}}"),
+                )
+            })
+            .sum();
+        async move { total == 300.0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary = running.stop().await.unwrap();
+    assert!(summary.committed.is_empty());
+    assert_eq!(s.api.request_count(), 0, "no API call in a dry run");
+    assert_eq!(s.committed(1), vec![-1], "no offset committed in a dry run");
+    assert!(s
+        .kafka
+        .read_all(&format!("{}.dlq", s.topic), 1, 1, Duration::from_secs(2))
+        .is_empty());
 }

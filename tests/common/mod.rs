@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::api::{DeleteApi, HttpDeleteApi};
+use clevertap_deleter::api::DeleteApi;
 use clevertap_deleter::config::{self, Config};
 use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
 use clevertap_deleter::health::Health;
@@ -269,7 +269,7 @@ impl Running {
 
 pub fn start(toml: &str) -> Running {
     let cfg: Config = config::from_toml(toml).expect("valid test config");
-    let api: Arc<dyn DeleteApi> = Arc::new(HttpDeleteApi::new(cfg.timeout(), 16).unwrap());
+    let api = clevertap_deleter::api::client_for(&cfg).unwrap();
     start_with(cfg, api)
 }
 
