@@ -364,7 +364,8 @@ impl Ledger {
 
     /// Current watermarks of every owned partition.
     pub fn all_watermarks(&self) -> Vec<(PartitionId, i64)> {
-        let owned: Vec<PartitionId> = self.offsets.partitions().cloned().collect();
+        let mut owned: Vec<PartitionId> = self.offsets.partitions().cloned().collect();
+        owned.sort();
         self.offsets.watermarks(&owned)
     }
 
