@@ -220,7 +220,7 @@ impl EventDecoder {
                 other => {
                     return Err(bad(
                         DeadLetterReason::InvalidId,
-                        format!("{kind}[{i}] is {}, not a string", type_name(other)),
+                        format!("{kind}[{i}] is {}, not a string", json_type(other)),
                     ))
                 }
             };
@@ -270,7 +270,7 @@ impl EventDecoder {
                 Some(other) => {
                     return Err(Rejection {
                         reason: DeadLetterReason::UnknownRegion,
-                        detail: format!("region is {}, not a region name", type_name(other)),
+                        detail: format!("region is {}, not a region name", json_type(other)),
                     })
                 }
             }
@@ -299,7 +299,8 @@ impl EventDecoder {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// How a JSON value's type reads in an error message ("a number").
+pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

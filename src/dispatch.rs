@@ -35,6 +35,8 @@ pub struct DispatchSettings {
     pub max_concurrency: usize,
     pub backoff: Backoff,
     pub auth_retry: Duration,
+    /// `log.log_ids`: put ids into debug logs (personal data, off by default).
+    pub log_ids: bool,
 }
 
 /// One account's lane: its credentials, its limiter, and the probe lock that
@@ -204,7 +206,11 @@ impl DispatcherInner {
                         .ids_deleted
                         .with_label_values(&[region, kind.as_str()])
                         .inc_by(size as u64);
-                    tracing::debug!(region, %kind, size, attempt, status = %status_label, "batch deleted");
+                    if self.settings.log_ids {
+                        tracing::debug!(region, %kind, size, attempt, ids = ?batch.ids(), "batch deleted");
+                    } else {
+                        tracing::debug!(region, %kind, size, attempt, status = %status_label, "batch deleted");
+                    }
                     let _ = self.reports.send(DispatchReport::Deleted(batch));
                     return None;
                 }
@@ -239,6 +245,9 @@ impl DispatcherInner {
                         }
                         Err(single) => {
                             tracing::warn!(region, %kind, size, attempt, status = %status_label, "id rejected by CleverTap; dead-lettering its events");
+                            if self.settings.log_ids {
+                                tracing::debug!(region, %kind, id = %single.ids()[0], "rejected id");
+                            }
                             let _ = self.reports.send(DispatchReport::Rejected {
                                 region: single.region().clone(),
                                 kind,
@@ -334,6 +343,7 @@ mod tests {
                 max: Duration::from_millis(5),
             },
             auth_retry: Duration::from_millis(20),
+            log_ids: false,
         };
         let (d, rx) = Dispatcher::new(api, &[account], settings, metrics, health.clone());
         (d, rx, health)

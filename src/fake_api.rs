@@ -25,6 +25,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::decode::json_type;
 use crate::ids::IdKind;
 
 /// The only path the real API serves for deletions.
@@ -445,17 +446,6 @@ fn invalid(message: impl Into<String>) -> Invalid {
         message: message.into(),
         kind: None,
         ids: 0,
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

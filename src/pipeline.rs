@@ -118,6 +118,7 @@ pub async fn run(
                 max: Duration::from_millis(s.api.retry_max_ms),
             },
             auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+            log_ids: s.log.log_ids,
         },
         metrics.clone(),
         health.clone(),

@@ -261,39 +261,10 @@ fn consume(
     loop {
         loop {
             match commands.try_recv() {
-                Ok(SourceCommand::Commit(marks)) => {
-                    let owned = owned_only(&consumer, &marks);
-                    if !owned.is_empty() {
-                        let tpl = offsets_list(&owned);
-                        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                            consumer.context().record_commit(&Err(e), &tpl);
-                        }
+                Ok(command) => {
+                    if carry_out(&consumer, command, &metrics) == Flow::Stopped {
+                        return;
                     }
-                }
-                Ok(SourceCommand::Pause) => {
-                    consumer.context().paused.store(true, Ordering::Relaxed);
-                    if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.pause(&a);
-                    }
-                    metrics.consumer_paused.set(1);
-                }
-                Ok(SourceCommand::Resume) => {
-                    consumer.context().paused.store(false, Ordering::Relaxed);
-                    if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.resume(&a);
-                    }
-                    metrics.consumer_paused.set(0);
-                }
-                Ok(SourceCommand::Stop { final_commit, done }) => {
-                    let owned = owned_only(&consumer, &final_commit);
-                    consumer.context().commit_sync(&consumer, &owned);
-                    consumer.context().stopping.store(true, Ordering::Relaxed);
-                    consumer.unsubscribe();
-                    // Serve the unsubscribe's revoke so the group sees us leave.
-                    let _ = consumer.poll(Duration::from_millis(100));
-                    drop(consumer);
-                    let _ = done.send(());
-                    return;
                 }
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
@@ -333,7 +304,79 @@ fn consume(
         };
         drop(message);
         if events.blocking_send(SourceEvent::Record(record)).is_err() {
+            // The pipeline has finished: its Stop (with the final commit) follows.
+            await_stop(&consumer, &commands, &metrics);
             return;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Running,
+    Stopped,
+}
+
+fn carry_out(
+    consumer: &Arc<BaseConsumer<SourceContext>>,
+    command: SourceCommand,
+    metrics: &Metrics,
+) -> Flow {
+    match command {
+        SourceCommand::Commit(marks) => {
+            let owned = owned_only(consumer, &marks);
+            if !owned.is_empty() {
+                let tpl = offsets_list(&owned);
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    consumer.context().record_commit(&Err(e), &tpl);
+                }
+            }
+        }
+        SourceCommand::Pause | SourceCommand::Resume => {
+            let pause = matches!(command, SourceCommand::Pause);
+            consumer.context().paused.store(pause, Ordering::Relaxed);
+            if let Ok(a) = consumer.assignment() {
+                let _ = if pause {
+                    consumer.pause(&a)
+                } else {
+                    consumer.resume(&a)
+                };
+            }
+            metrics.consumer_paused.set(pause as i64);
+        }
+        SourceCommand::Stop { final_commit, done } => {
+            let owned = owned_only(consumer, &final_commit);
+            consumer.context().commit_sync(consumer, &owned);
+            consumer.context().stopping.store(true, Ordering::Relaxed);
+            consumer.unsubscribe();
+            // Serve the unsubscribe's revoke so the group sees us leave.
+            let _ = consumer.poll(Duration::from_millis(100));
+            let _ = done.send(());
+            return Flow::Stopped;
+        }
+    }
+    Flow::Running
+}
+
+/// After the pipeline stopped reading: keep serving the group (messages read
+/// now are not tracked, so never committed) until the Stop command arrives.
+fn await_stop(
+    consumer: &Arc<BaseConsumer<SourceContext>>,
+    commands: &std_mpsc::Receiver<SourceCommand>,
+    metrics: &Metrics,
+) {
+    consumer.context().stopping.store(true, Ordering::Relaxed);
+    loop {
+        match commands.recv_timeout(Duration::from_millis(50)) {
+            Ok(command) => {
+                if carry_out(consumer, command, metrics) == Flow::Stopped {
+                    return;
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                let _ = consumer.poll(Duration::ZERO);
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

@@ -138,25 +138,6 @@ fn check_config(text: &str, envs: &[(&str, &str)]) -> Outcome {
     run_bin(&["check-config", "--config", path.to_str().unwrap()], envs)
 }
 
-/// `base` with the tables of `extra` laid over it, key by key. Done here, not
-/// through `config_toml`'s `extra`, so an override replaces a key instead of
-/// repeating a table.
-fn overlay(base: &str, extra: &str) -> String {
-    fn merge(into: &mut toml::Table, from: toml::Table) {
-        for (key, value) in from {
-            match (into.get_mut(&key), value) {
-                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-                (_, value) => {
-                    into.insert(key, value);
-                }
-            }
-        }
-    }
-    let mut base: toml::Table = base.parse().expect("base TOML");
-    merge(&mut base, extra.parse().expect("extra TOML"));
-    toml::to_string(&base).expect("TOML")
-}
-
 /// A valid configuration with the three test regions (loopback endpoints),
 /// with `extra` laid over it.
 fn valid_config(extra: &str) -> String {
@@ -167,7 +148,7 @@ fn valid_config(extra: &str) -> String {
         "http://127.0.0.1:9",
         "",
     );
-    overlay(&base, extra)
+    merge_toml(&base, extra)
 }
 
 fn parse_toml(out: &Outcome) -> toml::Table {
@@ -529,7 +510,7 @@ async fn daemon_runs_end_to_end_and_stops_cleanly_on_sigterm() {
     let api = fake_api(15).await;
     let group = unique("cli-group");
     let port = free_port();
-    let text = overlay(
+    let text = merge_toml(
         &config_toml(&kafka.bootstrap, &topic, &group, &api.endpoint(), ""),
         &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
     );
