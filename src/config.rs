@@ -53,6 +53,17 @@ pub struct Settings {
     pub server: ServerSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Write salted SHA-256 hashes of the ids instead of the ids.
+    pub hash_ids: bool,
+    pub salt: Option<Secret>,
+    pub salt_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -62,6 +73,8 @@ pub struct KafkaSettings {
     pub topics: Vec<String>,
     pub group_id: String,
     pub dlq_topic: String,
+    /// One audit record per finished deletion request; unset: no audit records.
+    pub audit_topic: Option<String>,
     /// Handed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
     pub properties: BTreeMap<String, String>,
 }
@@ -73,6 +86,7 @@ impl Default for KafkaSettings {
             topics: vec!["user-deleted".into()],
             group_id: "clevertap-deleter".into(),
             dlq_topic: "user-deleted.dlq".into(),
+            audit_topic: None,
             properties: BTreeMap::new(),
         }
     }
@@ -258,6 +272,8 @@ pub struct Config {
     pub regions: Vec<RegionAccount>,
     pub batch_capacity: BatchCapacity,
     pub listen: SocketAddr,
+    /// Where audit records go and how ids appear in them; `None`: no audit.
+    pub audit: Option<(String, crate::audit::IdDisclosure)>,
 }
 
 impl Config {
@@ -483,31 +499,66 @@ pub fn validate(settings: Settings) -> Result<Config, ConfigError> {
         ));
     }
 
+    let audit = resolve_audit(&settings)?;
     Ok(Config {
         settings,
         regions,
         batch_capacity,
         listen,
+        audit,
     })
 }
 
-fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, ConfigError> {
-    let key = |field: &str| format!("regions.{name}.{field}");
-    if region.account_id.trim().is_empty() {
-        return Err(ConfigError::new(key("account_id"), "is missing or empty"));
+fn resolve_audit(
+    settings: &Settings,
+) -> Result<Option<(String, crate::audit::IdDisclosure)>, ConfigError> {
+    use crate::audit::IdDisclosure;
+    let a = &settings.audit;
+    let topic = match settings.kafka.audit_topic.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Ok(None);
+        }
+        Some(t) => t.to_string(),
+    };
+    if settings.kafka.topics.contains(&topic) || topic == settings.kafka.dlq_topic {
+        return Err(ConfigError::new(
+            "kafka.audit_topic",
+            "must differ from kafka.topics and kafka.dlq_topic",
+        ));
     }
-    let passcode = match (&region.passcode, &region.passcode_file) {
+    if !a.hash_ids {
+        return Ok(Some((topic, IdDisclosure::Plain)));
+    }
+    let salt = read_secret("audit", "salt", a.salt.as_ref(), a.salt_file.as_deref())?;
+    if salt.expose().len() < 16 {
+        return Err(ConfigError::new(
+            "audit.salt",
+            "must be at least 16 characters: a short salt lets anyone recompute the hashes",
+        ));
+    }
+    Ok(Some((topic, IdDisclosure::SaltedSha256(salt))))
+}
+
+/// A secret from `KEY` or `KEY_file` (exactly one), trimmed, not empty.
+fn read_secret(
+    table: &str,
+    key: &str,
+    inline: Option<&Secret>,
+    file: Option<&Path>,
+) -> Result<Secret, ConfigError> {
+    let name = |suffix: &str| format!("{table}.{key}{suffix}");
+    let secret = match (inline, file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                key("passcode_file"),
-                "set either passcode or passcode_file, not both",
+                name("_file"),
+                format!("set either {key} or {key}_file, not both"),
             ))
         }
-        (Some(p), None) => p.clone(),
+        (Some(s), None) => s.clone(),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new(
-                    key("passcode_file"),
+                    name("_file"),
                     format!("cannot read {}: {}", path.display(), e.kind()),
                 )
             })?;
@@ -515,14 +566,28 @@ fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, 
         }
         (None, None) => {
             return Err(ConfigError::new(
-                key("passcode"),
-                "is missing (set passcode, passcode_file, or the environment variable)",
+                name(""),
+                format!("is missing (set {key}, {key}_file, or the environment variable)"),
             ))
         }
     };
-    if passcode.expose().is_empty() {
-        return Err(ConfigError::new(key("passcode"), "is empty"));
+    if secret.expose().is_empty() {
+        return Err(ConfigError::new(name(""), "is empty"));
     }
+    Ok(secret)
+}
+
+fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, ConfigError> {
+    let key = |field: &str| format!("regions.{name}.{field}");
+    if region.account_id.trim().is_empty() {
+        return Err(ConfigError::new(key("account_id"), "is missing or empty"));
+    }
+    let passcode = read_secret(
+        &format!("regions.{name}"),
+        "passcode",
+        region.passcode.as_ref(),
+        region.passcode_file.as_deref(),
+    )?;
     let lower = name.to_ascii_lowercase();
     let endpoint = match &region.endpoint {
         Some(e) => e.trim_end_matches('/').to_string(),
@@ -651,6 +716,39 @@ mod tests {
         );
         let e = from_toml(&format!("{MINIMAL}\n[batch]\nmax_ids = \"many\"")).unwrap_err();
         assert!(e.to_string().contains("max_ids"), "{e}");
+    }
+
+    #[test]
+    fn audit_settings() {
+        assert!(from_toml(MINIMAL).unwrap().audit.is_none());
+        let plain = from_toml(&format!("{MINIMAL}\n[kafka]\naudit_topic = \"audit\"")).unwrap();
+        assert!(
+            matches!(plain.audit, Some((ref t, crate::audit::IdDisclosure::Plain)) if t == "audit")
+        );
+        assert_eq!(
+            err_key(&format!(
+                "{MINIMAL}\n[kafka]\naudit_topic = \"a\"\n[audit]\nhash_ids = true"
+            )),
+            "audit.salt"
+        );
+        assert_eq!(
+            err_key(&format!("{MINIMAL}\n[kafka]\naudit_topic = \"a\"\n[audit]\nhash_ids = true\nsalt = \"short\"")),
+            "audit.salt"
+        );
+        let hashed = from_toml(&format!(
+            "{MINIMAL}\n[kafka]\naudit_topic = \"a\"\n[audit]\nhash_ids = true\nsalt = \"0123456789abcdef0123\""
+        ))
+        .unwrap();
+        assert!(matches!(
+            hashed.audit,
+            Some((_, crate::audit::IdDisclosure::SaltedSha256(_)))
+        ));
+        assert_eq!(
+            err_key(&format!(
+                "{MINIMAL}\n[kafka]\naudit_topic = \"user-deleted\""
+            )),
+            "kafka.audit_topic"
+        );
     }
 
     #[test]

@@ -21,12 +21,17 @@ use crate::metrics::Metrics;
 /// What the dispatcher reports back: the only thing flowing upstream.
 #[derive(Debug)]
 pub enum DispatchReport {
-    Deleted(DeleteBatch),
+    Deleted {
+        batch: DeleteBatch,
+        /// Requests this batch took, the successful one included.
+        attempts: u32,
+    },
     Rejected {
         region: RegionName,
         kind: IdKind,
         id: Arc<str>,
         message: String,
+        attempts: u32,
     },
 }
 
@@ -211,7 +216,10 @@ impl DispatcherInner {
                     } else {
                         tracing::debug!(region, %kind, size, attempt, status = %status_label, "batch deleted");
                     }
-                    let _ = self.reports.send(DispatchReport::Deleted(batch));
+                    let _ = self.reports.send(DispatchReport::Deleted {
+                        batch,
+                        attempts: attempt,
+                    });
                     return None;
                 }
                 Verdict::Retry { reason, after } => {
@@ -253,6 +261,7 @@ impl DispatcherInner {
                                 kind,
                                 id: single.ids()[0].clone(),
                                 message,
+                                attempts: attempt,
                             });
                             None
                         }
@@ -372,7 +381,9 @@ mod tests {
         let (d, mut rx, _) = setup(api.clone());
         d.dispatch(batch(&["a", "b"]));
         let report = rx.recv().await.unwrap();
-        assert!(matches!(report, DispatchReport::Deleted(b) if b.len() == 2));
+        assert!(
+            matches!(report, DispatchReport::Deleted { batch, attempts: 4 } if batch.len() == 2)
+        );
         assert_eq!(api.calls.lock().unwrap().len(), 4);
     }
 
@@ -397,7 +408,9 @@ mod tests {
         let mut rejected = Vec::new();
         while deleted.len() + rejected.len() < 5 {
             match rx.recv().await.unwrap() {
-                DispatchReport::Deleted(b) => deleted.extend(b.ids().iter().map(|i| i.to_string())),
+                DispatchReport::Deleted { batch, .. } => {
+                    deleted.extend(batch.ids().iter().map(|i| i.to_string()))
+                }
                 DispatchReport::Rejected { id, message, .. } => {
                     assert_eq!(message, "Invalid identity");
                     rejected.push(id.to_string())
@@ -442,7 +455,7 @@ mod tests {
         for _ in 0..5 {
             assert!(matches!(
                 rx.recv().await.unwrap(),
-                DispatchReport::Deleted(_)
+                DispatchReport::Deleted { .. }
             ));
         }
         assert!(!health.region_held("eu1"));

@@ -221,6 +221,32 @@ impl Ledger {
         progress
     }
 
+    /// The source records (partition, offset) of the events still waiting on
+    /// these deletions, in order, each once: what an audit record covers.
+    pub fn sources_of(
+        &self,
+        region: &RegionName,
+        kind: IdKind,
+        ids: &[Arc<str>],
+    ) -> Vec<(PartitionId, i64)> {
+        let mut sources: Vec<(PartitionId, i64)> = Vec::new();
+        for id in ids {
+            let key = DeletionKey {
+                region: region.clone(),
+                kind,
+                id: id.clone(),
+            };
+            for event in self.deletions.get(&key).into_iter().flatten() {
+                if let Some(e) = self.events.get(event) {
+                    sources.push((e.partition.clone(), e.offset));
+                }
+            }
+        }
+        sources.sort();
+        sources.dedup();
+        sources
+    }
+
     /// CleverTap rejected this one id (400 on a single-id request).
     pub fn rejected(
         &mut self,
@@ -474,6 +500,28 @@ mod tests {
         l.assign(p.clone());
         l.admit(&p, 0, RawRecord::default(), delete("eu1", &[(G, "x")]), now);
         assert_eq!(l.take_all_batches().len(), 1);
+    }
+
+    #[test]
+    fn sources_of_lists_each_waiting_event_once() {
+        let p = PartitionId::new("t", 0);
+        let mut l = ledger(10);
+        let now = Instant::now();
+        l.admit(
+            &p,
+            4,
+            RawRecord::default(),
+            delete("eu1", &[(G, "a"), (G, "b")]),
+            now,
+        );
+        l.admit(&p, 9, RawRecord::default(), delete("eu1", &[(G, "a")]), now);
+        let b = l.take_all_batches().pop().unwrap();
+        assert_eq!(
+            l.sources_of(b.region(), b.kind(), b.ids()),
+            vec![(p.clone(), 4), (p.clone(), 9)]
+        );
+        l.deleted(&b, now);
+        assert!(l.sources_of(b.region(), b.kind(), b.ids()).is_empty());
     }
 
     #[test]

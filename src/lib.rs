@@ -6,6 +6,7 @@
 //! acknowledgements -> commits. [`pipeline`] wires the stages together.
 
 pub mod api;
+pub mod audit;
 pub mod backoff;
 pub mod batch;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod produce;
 pub mod secret;
 pub mod server;
 pub mod source;

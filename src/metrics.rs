@@ -38,6 +38,7 @@ pub struct Metrics {
     pub event_to_deletion: Histogram,
     pub late_acks_dropped: IntCounter,
     pub consumer_lag: IntGaugeVec,
+    pub audit_records: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -184,6 +185,11 @@ impl Metrics {
                 "Messages between the consumer's position and the partition's end, from librdkafka statistics.",
                 &["topic", "partition"]
             )),
+            audit_records: reg!(counter_vec(
+                "audit_records_total",
+                "Audit records acknowledged by the broker, by status (deleted, rejected).",
+                &["status"]
+            )),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
@@ -208,6 +214,9 @@ impl Metrics {
         }
         for r in ["success", "failure"] {
             self.commits.with_label_values(&[r]);
+        }
+        for s in ["deleted", "rejected"] {
+            self.audit_records.with_label_values(&[s]);
         }
         for k in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[k]);

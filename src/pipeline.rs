@@ -10,13 +10,17 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, oneshot};
 
+use std::collections::HashMap;
+
 use crate::api::DeleteApi;
+use crate::audit::{build_record, AuditInput, AuditStatus, AuditWriter};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::dead_letter::DeadLetterWriter;
 use crate::decode::{DeadLetterReason, EventDecoder};
 use crate::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
 use crate::health::Health;
+use crate::ids::RegionName;
 use crate::ledger::{EventId, Ledger, LedgerSettings, Progress};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
@@ -106,7 +110,21 @@ pub async fn run(
     let producer: FutureProducer = producer_config(&config)
         .create()
         .map_err(PipelineError::KafkaConfig)?;
-    let dead_letters = DeadLetterWriter::new(producer, s.kafka.dlq_topic.clone());
+    let dead_letters = DeadLetterWriter::new(producer.clone(), s.kafka.dlq_topic.clone());
+    // A dry run writes nothing to Kafka, audit records included.
+    let audit = match (&config.audit, s.api.dry_run) {
+        (Some((topic, disclosure)), false) => Some(AuditWriter::new(
+            producer,
+            topic.clone(),
+            disclosure.clone(),
+        )),
+        _ => None,
+    };
+    let accounts = config
+        .regions
+        .iter()
+        .map(|r| (r.name.clone(), r.account_id.clone()))
+        .collect();
 
     let (dispatcher, reports) = Dispatcher::new(
         api,
@@ -140,6 +158,7 @@ pub async fn run(
     .map_err(PipelineError::KafkaConfig)?;
 
     let (acks_tx, acks) = mpsc::unbounded_channel();
+    let (audited_tx, audited) = mpsc::unbounded_channel();
     let ledger = Ledger::new(LedgerSettings {
         capacity: config.batch_capacity,
         linger: Duration::from_millis(s.batch.linger_ms),
@@ -152,6 +171,9 @@ pub async fn run(
         dispatcher,
         dead_letters,
         acks_tx,
+        audit,
+        audited_tx,
+        accounts,
         commands: source.commands.clone(),
         metrics,
         health: health.clone(),
@@ -164,9 +186,12 @@ pub async fn run(
     };
     let outcome = coordinator
         .run_loop(
-            events,
-            reports,
-            acks,
+            Inputs {
+                events,
+                reports,
+                acks,
+                audited,
+            },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),
             Duration::from_millis(s.pipeline.shutdown_timeout_ms),
@@ -214,6 +239,11 @@ struct Coordinator {
     dispatcher: Dispatcher,
     dead_letters: DeadLetterWriter,
     acks_tx: mpsc::UnboundedSender<(EventId, DeadLetterReason)>,
+    /// Set when audit records are on: a report is settled only once its
+    /// audit record is acknowledged, so no offset is committed before it.
+    audit: Option<AuditWriter>,
+    audited_tx: mpsc::UnboundedSender<DispatchReport>,
+    accounts: HashMap<RegionName, String>,
     commands: std::sync::mpsc::Sender<SourceCommand>,
     metrics: Metrics,
     health: Health,
@@ -227,16 +257,29 @@ struct Coordinator {
     dry_run: bool,
 }
 
+/// Everything the coordinator receives: records from the source, dispatch
+/// reports, dead-letter acknowledgements, audited reports.
+struct Inputs {
+    events: mpsc::Receiver<SourceEvent>,
+    reports: mpsc::UnboundedReceiver<DispatchReport>,
+    acks: mpsc::UnboundedReceiver<(EventId, DeadLetterReason)>,
+    audited: mpsc::UnboundedReceiver<DispatchReport>,
+}
+
 impl Coordinator {
     async fn run_loop(
         &mut self,
-        mut events: mpsc::Receiver<SourceEvent>,
-        mut reports: mpsc::UnboundedReceiver<DispatchReport>,
-        mut acks: mpsc::UnboundedReceiver<(EventId, DeadLetterReason)>,
+        inputs: Inputs,
         shutdown: impl Future<Output = ()>,
         commit_interval: Duration,
         shutdown_timeout: Duration,
     ) -> Result<(), PipelineError> {
+        let Inputs {
+            mut events,
+            mut reports,
+            mut acks,
+            mut audited,
+        } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,15 +299,14 @@ impl Coordinator {
                         self.dispatcher.dispatch(batch);
                     }
                 }
-                Some(report) = reports.recv() => {
-                    let now = Instant::now();
-                    let progress = match report {
-                        DispatchReport::Deleted(batch) => self.ledger.deleted(&batch, now),
-                        DispatchReport::Rejected { region, kind, id, message } => {
-                            self.ledger.rejected(&region, kind, &id, &message)
-                        }
+                Some(report) = reports.recv() => self.on_report(report),
+                Some(report) = audited.recv() => {
+                    let status = match report {
+                        DispatchReport::Deleted { .. } => "deleted",
+                        DispatchReport::Rejected { .. } => "rejected",
                     };
-                    self.apply(progress);
+                    self.metrics.audit_records.with_label_values(&[status]).inc();
+                    self.settle(report);
                 }
                 Some((event, reason)) = acks.recv() => {
                     let progress = self.ledger.dead_lettered(event);
@@ -305,6 +347,67 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// A deletion request finished: audit it first when audit is on.
+    fn on_report(&mut self, report: DispatchReport) {
+        let Some(writer) = self.audit.clone() else {
+            self.settle(report);
+            return;
+        };
+        let input = match &report {
+            DispatchReport::Deleted { batch, attempts } => AuditInput {
+                region: batch.region(),
+                account_id: self.accounts.get(batch.region()).map_or("", String::as_str),
+                kind: batch.kind(),
+                ids: batch.ids(),
+                status: AuditStatus::Deleted,
+                message: None,
+                attempts: *attempts,
+                sources: self
+                    .ledger
+                    .sources_of(batch.region(), batch.kind(), batch.ids()),
+            },
+            DispatchReport::Rejected {
+                region,
+                kind,
+                id,
+                message,
+                attempts,
+            } => AuditInput {
+                region,
+                account_id: self.accounts.get(region).map_or("", String::as_str),
+                kind: *kind,
+                ids: std::slice::from_ref(id),
+                status: AuditStatus::Rejected,
+                message: Some(message),
+                attempts: *attempts,
+                sources: self
+                    .ledger
+                    .sources_of(region, *kind, std::slice::from_ref(id)),
+            },
+        };
+        let record = build_record(input, &writer.disclosure, SystemTime::now());
+        let audited = self.audited_tx.clone();
+        tokio::spawn(async move {
+            writer.write(&record).await;
+            let _ = audited.send(report);
+        });
+    }
+
+    /// Applies a finished deletion request to the ledger.
+    fn settle(&mut self, report: DispatchReport) {
+        let progress = match report {
+            DispatchReport::Deleted { batch, .. } => self.ledger.deleted(&batch, Instant::now()),
+            DispatchReport::Rejected {
+                region,
+                kind,
+                id,
+                message,
+                ..
+            } => self.ledger.rejected(&region, kind, &id, &message),
+        };
+        self.apply(progress);
     }
 
     fn on_source(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {

@@ -114,13 +114,35 @@ impl Kafka {
         offsets
     }
 
-    /// Every record of partition 0..n of a topic, with headers as a map.
+    /// Every record of partitions 0..n: reads until nothing came for a second.
+    pub fn read_everything(&self, topic: &str, partitions: i32) -> Vec<Record> {
+        self.read_records(
+            topic,
+            partitions,
+            usize::MAX,
+            Duration::from_secs(30),
+            Some(Duration::from_secs(1)),
+        )
+    }
+
+    /// Records of partitions 0..n, until `expect` are read or `timeout`.
     pub fn read_all(
         &self,
         topic: &str,
         partitions: i32,
         expect: usize,
         timeout: Duration,
+    ) -> Vec<Record> {
+        self.read_records(topic, partitions, expect, timeout, None)
+    }
+
+    fn read_records(
+        &self,
+        topic: &str,
+        partitions: i32,
+        expect: usize,
+        timeout: Duration,
+        idle: Option<Duration>,
     ) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -138,8 +160,13 @@ impl Kafka {
         }
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
+        let mut last = Instant::now();
         while out.len() < expect && Instant::now() < deadline {
+            if idle.is_some_and(|idle| last.elapsed() >= idle) {
+                break;
+            }
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                last = Instant::now();
                 let mut headers = HashMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
