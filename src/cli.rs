@@ -60,6 +60,14 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: std::net::SocketAddr,
     },
+    /// Move dead letters back to their source topic, in Kafka transactions.
+    ReplayDlq {
+        /// Path of the TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        options: crate::replay::ReplayOptions,
+    },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {
         #[arg(long, short)]
@@ -129,6 +137,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::ReplayDlq { config, options } => match load_or_exit(config.as_deref()) {
+            Ok(cfg) => crate::replay::main(&cfg, &options),
+            Err(code) => code,
+        },
         Command::Run { config, dry_run } => {
             let mut cfg = match load_or_exit(config.as_deref()) {
                 Ok(c) => c,

@@ -17,6 +17,8 @@ pub mod headers {
     pub const SOURCE_PARTITION: &str = "source_partition";
     pub const SOURCE_OFFSET: &str = "source_offset";
     pub const DEAD_LETTERED_AT: &str = "dead_lettered_at_ms";
+    /// Carried over from a replayed record, so replays stay counted.
+    pub const REPLAY_COUNT: &str = "replay_count";
 }
 
 #[derive(Clone)]
@@ -40,7 +42,8 @@ impl DeadLetterWriter {
             .to_string();
         let partition = order.source.partition.to_string();
         let offset = order.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let replays = order.record.replay_count.map(|n| n.to_string());
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: headers::REASON,
                 value: Some(order.rejection.reason.as_str()),
@@ -65,6 +68,12 @@ impl DeadLetterWriter {
                 key: headers::DEAD_LETTERED_AT,
                 value: Some(now_ms.as_str()),
             });
+        if let Some(n) = &replays {
+            headers = headers.insert(Header {
+                key: headers::REPLAY_COUNT,
+                value: Some(n.as_str()),
+            });
+        }
         send_until_acked(
             &self.producer,
             &self.topic,

@@ -212,7 +212,7 @@ impl DispatcherInner {
                         .with_label_values(&[region, kind.as_str()])
                         .inc_by(size as u64);
                     if self.settings.log_ids {
-                        tracing::debug!(region, %kind, size, attempt, ids = ?batch.ids(), "batch deleted");
+                        tracing::debug!(region, %kind, size, attempt, status = %status_label, ids = ?batch.ids(), "batch deleted");
                     } else {
                         tracing::debug!(region, %kind, size, attempt, status = %status_label, "batch deleted");
                     }

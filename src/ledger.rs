@@ -26,6 +26,8 @@ pub struct RawRecord {
     pub payload: Option<Bytes>,
     /// The Kafka timestamp in milliseconds since the epoch, when known.
     pub timestamp_ms: Option<i64>,
+    /// How often `replay-dlq` already moved this record back (its header).
+    pub replay_count: Option<u32>,
 }
 
 /// How an event finished, the `outcome` label of `events_finished_total`.
@@ -557,6 +559,7 @@ mod tests {
             key: Some(Bytes::from_static(b"k")),
             payload: Some(Bytes::from_static(b"{}")),
             timestamp_ms: None,
+            replay_count: None,
         };
         l.admit(&p, 0, rec, delete("eu1", &[(G, "bad"), (I, "ok")]), now);
         l.admit(

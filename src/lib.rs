@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod produce;
+pub mod replay;
 pub mod secret;
 pub mod server;
 pub mod source;

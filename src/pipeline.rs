@@ -35,9 +35,10 @@ pub enum PipelineError {
     Fatal(String),
 }
 
-/// Records decoded but not yet admitted. Small, because everything in it is
-/// on top of `pipeline.max_events_in_memory` while consumption is paused.
-pub const SOURCE_CHANNEL_CAPACITY: usize = 512;
+/// Records decoded but not yet admitted, at most (chunks of
+/// [`source::SOURCE_CHUNK`]). Small, because everything in it is on top of
+/// `pipeline.max_events_in_memory` while consumption is paused.
+pub const SOURCE_CHANNEL_CAPACITY: usize = 4 * source::SOURCE_CHUNK;
 
 /// The librdkafka settings the consumer uses: ours, then the user's properties.
 pub fn consumer_config(config: &Config) -> ClientConfig {
@@ -54,7 +55,11 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("statistics.interval.ms", "5000")
         // Bound librdkafka's prefetch so memory stays flat while paused.
         .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000");
+        .set("queued.min.messages", "20000")
+        // When the prefetch bound is hit, librdkafka waits this long before
+        // fetching again (default 1000 ms): with a bound this small that wait,
+        // not the broker, would set the pace.
+        .set("fetch.queue.backoff.ms", "20");
     for (key, value) in &k.properties {
         c.set(key, value);
     }
@@ -142,7 +147,7 @@ pub async fn run(
         health.clone(),
     );
 
-    let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
+    let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);
     let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
     let source = source::start(
         SourceSettings {
@@ -332,7 +337,7 @@ impl Coordinator {
                 }
             }
             self.finish_revoke_if_drained();
-            self.apply_backpressure(stop_deadline.is_some(), events.len());
+            self.apply_backpressure(stop_deadline.is_some(), events.len() * source::SOURCE_CHUNK);
             if let Some(deadline) = stop_deadline {
                 let in_memory = self.ledger.events_in_memory();
                 if in_memory == 0 || Instant::now() >= deadline {
@@ -412,16 +417,19 @@ impl Coordinator {
 
     fn on_source(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
         match event {
-            SourceEvent::Record(r) => {
-                // Stale records (their partition was revoked meanwhile) and
-                // records read while stopping are left for the next owner.
-                if stopping || !self.ledger.owns(&r.partition) {
-                    return Ok(());
+            SourceEvent::Records(records) => {
+                let now = Instant::now();
+                for r in records {
+                    // Stale records (their partition was revoked meanwhile) and
+                    // records read while stopping are left for the next owner.
+                    if stopping || !self.ledger.owns(&r.partition) {
+                        continue;
+                    }
+                    let progress =
+                        self.ledger
+                            .admit(&r.partition, r.offset, r.record, r.decoded, now);
+                    self.apply(progress);
                 }
-                let progress =
-                    self.ledger
-                        .admit(&r.partition, r.offset, r.record, r.decoded, Instant::now());
-                self.apply(progress);
             }
             SourceEvent::Assigned(partitions) => {
                 for p in partitions {

@@ -35,7 +35,9 @@ pub struct SourceRecord {
 /// What the consumer thread tells the pipeline, in the order it happened.
 #[derive(Debug)]
 pub enum SourceEvent {
-    Record(SourceRecord),
+    /// Records in offset order per partition, handed over in chunks (fewer
+    /// wake-ups); a chunk is always flushed before any other event.
+    Records(Vec<SourceRecord>),
     Assigned(Vec<PartitionId>),
     /// The pipeline answers with the watermarks to commit for these partitions
     /// before they are given up (the consumer waits for the answer).
@@ -68,8 +70,14 @@ pub struct SourceSettings {
     pub revoke_timeout: Duration,
 }
 
+/// Records per chunk sent to the pipeline.
+pub const SOURCE_CHUNK: usize = 256;
+
 struct SourceContext {
     events: mpsc::Sender<SourceEvent>,
+    /// Records read but not yet handed over. Lives here so the rebalance
+    /// callbacks (which run inside poll) can flush it before their event.
+    pending: std::sync::Mutex<Vec<SourceRecord>>,
     health: Health,
     metrics: Metrics,
     stopping: AtomicBool,
@@ -94,6 +102,21 @@ fn offsets_list(marks: &[(PartitionId, i64)]) -> TopicPartitionList {
 }
 
 impl SourceContext {
+    /// Hands the pending records over; false once the pipeline is gone.
+    fn flush(&self) -> bool {
+        let chunk = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        chunk.is_empty()
+            || self
+                .events
+                .blocking_send(SourceEvent::Records(chunk))
+                .is_ok()
+    }
+
+    /// Sends an event after the records read before it.
+    fn send_in_order(&self, event: SourceEvent) -> bool {
+        self.flush() && self.events.blocking_send(event).is_ok()
+    }
+
     fn record_commit(&self, result: &Result<(), KafkaError>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
@@ -151,9 +174,7 @@ impl ClientContext for SourceContext {
             }
             Some(RDKafkaErrorCode::Fatal) => {
                 tracing::error!(error = %error, %reason, "fatal Kafka consumer error");
-                let _ = self
-                    .events
-                    .blocking_send(SourceEvent::Fatal(format!("{error}: {reason}")));
+                let _ = self.send_in_order(SourceEvent::Fatal(format!("{error}: {reason}")));
             }
             _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
         }
@@ -175,11 +196,7 @@ impl ConsumerContext for SourceContext {
             return; // the final commit was made before leaving the group
         }
         let (reply, answer) = std_mpsc::sync_channel(1);
-        if self
-            .events
-            .blocking_send(SourceEvent::Revoked { partitions, reply })
-            .is_err()
-        {
+        if !self.send_in_order(SourceEvent::Revoked { partitions, reply }) {
             return;
         }
         match answer.recv_timeout(self.revoke_timeout + Duration::from_secs(5)) {
@@ -200,7 +217,7 @@ impl ConsumerContext for SourceContext {
                 }
                 let partitions = partitions_of(tpl);
                 tracing::info!(count = partitions.len(), "partitions assigned");
-                let _ = self.events.blocking_send(SourceEvent::Assigned(partitions));
+                let _ = self.send_in_order(SourceEvent::Assigned(partitions));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -229,6 +246,7 @@ pub fn start(
 ) -> Result<KafkaSource, KafkaError> {
     let context = SourceContext {
         events: events.clone(),
+        pending: std::sync::Mutex::new(Vec::with_capacity(SOURCE_CHUNK)),
         health,
         metrics: metrics.clone(),
         stopping: AtomicBool::new(false),
@@ -243,7 +261,7 @@ pub fn start(
     let decoder = settings.decoder;
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
-        .spawn(move || consume(consumer, decoder, events, command_rx, metrics))
+        .spawn(move || consume(consumer, decoder, command_rx, metrics))
         .expect("spawning a thread");
     Ok(KafkaSource { commands, thread })
 }
@@ -251,13 +269,12 @@ pub fn start(
 fn consume(
     consumer: BaseConsumer<SourceContext>,
     decoder: EventDecoder,
-    events: mpsc::Sender<SourceEvent>,
     commands: std_mpsc::Receiver<SourceCommand>,
     metrics: Metrics,
 ) {
     let consumer = Arc::new(consumer);
-    // Label values are looked up once per topic, not per message.
-    let mut consumed: BTreeMap<String, prometheus::IntCounter> = BTreeMap::new();
+    // Per topic, once: the shared name and the consumed counter.
+    let mut topics: BTreeMap<String, (Arc<str>, prometheus::IntCounter)> = BTreeMap::new();
     loop {
         loop {
             match commands.try_recv() {
@@ -271,40 +288,68 @@ fn consume(
             }
         }
 
-        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
-            continue;
+        // Block only when nothing is waiting to be handed over.
+        let pending = consumer
+            .context()
+            .pending
+            .lock()
+            .expect("pending lock")
+            .len();
+        let wait = if pending == 0 {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
         };
-        let message = match result {
-            Ok(m) => m,
-            Err(e) => {
+        let message = match consumer.poll(wait) {
+            None => {
+                if !consumer.context().flush() {
+                    // The pipeline has finished: its Stop (with the final commit) follows.
+                    await_stop(&consumer, &commands, &metrics);
+                    return;
+                }
+                continue;
+            }
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
+            Some(Ok(m)) => m,
         };
-        let topic = message.topic();
-        let counter = match consumed.get(topic) {
-            Some(c) => c,
-            None => consumed
-                .entry(topic.to_string())
-                .or_insert_with(|| metrics.events_consumed.with_label_values(&[topic])),
+        let topic_name = message.topic();
+        let (topic, counter) = match topics.get(topic_name) {
+            Some(t) => t,
+            None => topics.entry(topic_name.to_string()).or_insert_with(|| {
+                (
+                    Arc::<str>::from(topic_name),
+                    metrics.events_consumed.with_label_values(&[topic_name]),
+                )
+            }),
         };
         counter.inc();
         let payload = message.payload();
         let decoded = decoder.decode(payload);
         let record = SourceRecord {
-            partition: PartitionId::new(topic, message.partition()),
+            partition: PartitionId {
+                topic: topic.clone(),
+                partition: message.partition(),
+            },
             offset: message.offset(),
             record: RawRecord {
                 key: message.key().map(Bytes::copy_from_slice),
                 // The payload is kept only for events that might be dead-lettered later.
                 payload: payload.map(Bytes::copy_from_slice),
                 timestamp_ms: message.timestamp().to_millis(),
+                replay_count: replay_count(&message),
             },
             decoded,
         };
         drop(message);
-        if events.blocking_send(SourceEvent::Record(record)).is_err() {
-            // The pipeline has finished: its Stop (with the final commit) follows.
+        let full = {
+            let mut pending = consumer.context().pending.lock().expect("pending lock");
+            pending.push(record);
+            pending.len() >= SOURCE_CHUNK
+        };
+        if full && !consumer.context().flush() {
             await_stop(&consumer, &commands, &metrics);
             return;
         }
@@ -326,10 +371,10 @@ fn carry_out(
         SourceCommand::Commit(marks) => {
             let owned = owned_only(consumer, &marks);
             if !owned.is_empty() {
-                let tpl = offsets_list(&owned);
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    consumer.context().record_commit(&Err(e), &tpl);
-                }
+                // Synchronous, once per commit interval: the result is known
+                // here (librdkafka's callback for async commits of a
+                // BaseConsumer is not delivered to our context).
+                consumer.context().commit_sync(consumer, &owned);
             }
         }
         SourceCommand::Pause | SourceCommand::Resume => {
@@ -379,6 +424,18 @@ fn await_stop(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// The `replay_count` header a `replay-dlq` run put on the record, so a
+/// record that fails again keeps counting towards `--max-replays`.
+fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == crate::dead_letter::headers::REPLAY_COUNT)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Only partitions this member owns now may be committed.

@@ -618,3 +618,53 @@ async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
         .read_all(&format!("{}.dlq", s.topic), 1, 1, Duration::from_secs(2))
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_record_that_fails_again_keeps_its_replay_count() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let s = setup(1, 15).await;
+    let producer = s.kafka.producer();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "replay_count",
+        value: Some("2"),
+    });
+    producer
+        .send(
+            FutureRecord::to(&s.topic)
+                .key("k-replayed")
+                .payload("still not json")
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&s.topic)
+                .key("k-fresh")
+                .payload("not json either"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    let running = start(&s.toml(""));
+    s.wait_committed(vec![2], Duration::from_secs(30)).await;
+    let dlq = s
+        .kafka
+        .read_all(&format!("{}.dlq", s.topic), 1, 2, Duration::from_secs(10));
+    let by_key = |k: &str| {
+        dlq.iter()
+            .find(|r| r.key.as_deref() == Some(k.as_bytes()))
+            .unwrap_or_else(|| panic!("no dead letter for {k}"))
+    };
+    assert_eq!(
+        by_key("k-replayed")
+            .headers
+            .get("replay_count")
+            .map(String::as_str),
+        Some("2")
+    );
+    assert!(!by_key("k-fresh").headers.contains_key("replay_count"));
+    running.stop().await.unwrap();
+}
