@@ -254,6 +254,9 @@ async fn fake(latency: Duration) -> FakeCleverTap {
 
 fn main() {
     // `cargo bench` passes --bench; any filter argument is ignored.
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        clevertap_deleter::logging::init("human", "info");
+    }
     let total: usize = env_or("BENCH_EVENTS", 500_000);
     let partitions: i32 = env_or("BENCH_PARTITIONS", 24);
     let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));

@@ -173,6 +173,12 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 }
 
 /// The real client: HTTPS with rustls, pooled connections, a timeout per request.
+///
+/// Server certificates are checked by rustls-platform-verifier: on Linux
+/// against the system's CA store (`/etc/ssl/certs`, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`), plus any extra roots (`api.ca_file`). Redirects are not
+/// followed: a 3xx is an answer outside the contract (retried as
+/// `unexpected`), so the passcode header never goes to another host.
 pub struct HttpDeleteApi {
     client: reqwest::Client,
 }
@@ -181,10 +187,21 @@ pub const DELETE_PATH: &str = "/1/delete/profiles.json";
 
 impl HttpDeleteApi {
     pub fn new(timeout: Duration, pool_per_host: usize) -> Result<Self, reqwest::Error> {
+        Self::with_extra_roots(timeout, pool_per_host, Vec::new())
+    }
+
+    /// Like [`HttpDeleteApi::new`], also trusting `extra_roots` (from `api.ca_file`).
+    pub fn with_extra_roots(
+        timeout: Duration,
+        pool_per_host: usize,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(pool_per_host)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(extra_roots)
             .user_agent(concat!("clevertap-deleter/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(HttpDeleteApi { client })
@@ -208,14 +225,17 @@ impl DeleteApi for HttpDeleteApi {
                 .body(batch.request_body())
                 .send()
                 .await
-                .map_err(transport_error)?;
+                .map_err(|e| transport_error(account, e))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-            let body = response.bytes().await.map_err(transport_error)?;
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| transport_error(account, e))?;
             Ok(ApiReply {
                 status,
                 body: body.to_vec(),
@@ -225,15 +245,41 @@ impl DeleteApi for HttpDeleteApi {
     }
 }
 
-fn transport_error(e: reqwest::Error) -> TransportError {
-    // reqwest's Display may include the URL, never headers; we keep only the class.
-    if e.is_timeout() {
+/// Classifies a failed request and logs why it failed (a TLS certificate
+/// refused, a refused connection, ...), which the class alone does not say.
+fn transport_error(account: &RegionAccount, e: reqwest::Error) -> TransportError {
+    let class = if e.is_timeout() {
         TransportError::Timeout
     } else if e.is_connect() {
         TransportError::Connect
     } else {
         TransportError::Other
+    };
+    tracing::warn!(
+        region = %account.name,
+        endpoint = %account.endpoint,
+        status = class.as_str(),
+        error = %error_chain(&e.without_url()),
+        "no answer from CleverTap"
+    );
+    class
+}
+
+/// An error and its sources, `: `-separated. reqwest errors carry neither
+/// headers nor bodies (so no passcode and no id); the URL is removed by the
+/// caller anyway.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
     }
+    text
 }
 
 /// The API the configuration asks for: the HTTPS client, or [`DryRunApi`].
@@ -246,9 +292,10 @@ pub fn client_for(
         );
         return Ok(std::sync::Arc::new(DryRunApi));
     }
-    Ok(std::sync::Arc::new(HttpDeleteApi::new(
+    Ok(std::sync::Arc::new(HttpDeleteApi::with_extra_roots(
         config.timeout(),
         config.settings.api.max_concurrency,
+        config.extra_roots.clone(),
     )?))
 }
 

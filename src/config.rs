@@ -1,7 +1,8 @@
 //! Configuration: a TOML file plus `CLEVERTAP_DELETER__…` environment overrides,
 //! validated into typed settings. Every error names the key it is about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,32 @@ use crate::secret::{Secret, REDACTED};
 
 /// Environment variables with this prefix (then `__` between levels) override the file.
 pub const ENV_PREFIX: &str = "CLEVERTAP_DELETER";
+
+/// Kafka credentials from the environment. librdkafka property names contain
+/// dots, which `CLEVERTAP_DELETER__…` variables cannot express, so each of
+/// these variables sets one property: the property's name in upper case with
+/// `.` written as `_`, after `CLEVERTAP_DELETER_KAFKA_` (one `_`). A value
+/// from here wins over `[kafka.properties]` and is redacted like a secret.
+pub const KAFKA_ENV_PROPERTIES: [(&str, &str); 5] = [
+    ("CLEVERTAP_DELETER_KAFKA_SASL_USERNAME", "sasl.username"),
+    ("CLEVERTAP_DELETER_KAFKA_SASL_PASSWORD", "sasl.password"),
+    (
+        "CLEVERTAP_DELETER_KAFKA_SSL_KEY_PASSWORD",
+        "ssl.key.password",
+    ),
+    (
+        "CLEVERTAP_DELETER_KAFKA_SSL_KEYSTORE_PASSWORD",
+        "ssl.keystore.password",
+    ),
+    (
+        "CLEVERTAP_DELETER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET",
+        "sasl.oauthbearer.client.secret",
+    ),
+];
+
+/// librdkafka properties the daemon sets itself and refuses from the user.
+const MANAGED_PROPERTIES: [&str; 3] =
+    ["enable.auto.commit", "enable.auto.offset.store", "group.id"];
 
 /// A configuration problem, always tied to the key that causes it.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +93,7 @@ pub struct AuditSettings {
     pub salt_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -76,7 +103,53 @@ pub struct KafkaSettings {
     /// One audit record per finished deletion request; unset: no audit records.
     pub audit_topic: Option<String>,
     /// Handed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
+    /// After validation it also holds the values of `secret_properties_files`
+    /// and of [`KAFKA_ENV_PROPERTIES`] (their keys are in `secret_keys`).
     pub properties: BTreeMap<String, String>,
+    /// librdkafka property -> file whose trimmed content is its value
+    /// (`"sasl.password" = "/run/secrets/kafka-password"`).
+    pub secret_properties_files: BTreeMap<String, PathBuf>,
+    /// Properties whose values came from a secret file or the environment:
+    /// always redacted. Filled by validation, never read from the file.
+    #[serde(skip)]
+    pub secret_keys: BTreeSet<String>,
+}
+
+impl KafkaSettings {
+    /// Whether the value of `key` must never be shown.
+    pub fn is_secret(&self, key: &str) -> bool {
+        self.secret_keys.contains(key) || is_secret_property(key)
+    }
+
+    /// `properties` with every secret value replaced by [`REDACTED`].
+    pub fn redacted_properties(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if self.is_secret(k) {
+                    REDACTED.to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+}
+
+/// Written by hand so `{:?}` of a configuration never shows a Kafka password.
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("audit_topic", &self.audit_topic)
+            .field("properties", &self.redacted_properties())
+            .field("secret_properties_files", &self.secret_properties_files)
+            .finish()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -88,6 +161,8 @@ impl Default for KafkaSettings {
             dlq_topic: "user-deleted.dlq".into(),
             audit_topic: None,
             properties: BTreeMap::new(),
+            secret_properties_files: BTreeMap::new(),
+            secret_keys: BTreeSet::new(),
         }
     }
 }
@@ -150,6 +225,9 @@ pub struct ApiSettings {
     pub auth_retry_ms: u64,
     /// Log and count API calls instead of making them.
     pub dry_run: bool,
+    /// PEM file of extra CA certificates trusted for the CleverTap endpoints,
+    /// in addition to the platform's roots (a TLS-inspecting proxy, a test).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -161,6 +239,7 @@ impl Default for ApiSettings {
             retry_max_ms: 30_000,
             auth_retry_ms: 30_000,
             dry_run: false,
+            ca_file: None,
         }
     }
 }
@@ -274,6 +353,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where audit records go and how ids appear in them; `None`: no audit.
     pub audit: Option<(String, crate::audit::IdDisclosure)>,
+    /// Certificates of `api.ca_file`, trusted on top of the platform's roots.
+    pub extra_roots: Vec<reqwest::Certificate>,
+    /// Problems that do not stop the daemon, e.g. a secret file readable by
+    /// others. [`load`] prints them to stderr.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -318,7 +402,13 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     );
     let raw = builder.build().map_err(from_config_error)?;
     let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
-    validate(settings)
+    let config = validate_with_env(settings, &|name| std::env::var(name).ok())?;
+    // Logging is not set up yet (its settings are in this file), so warnings go
+    // straight to stderr, like configuration errors.
+    for warning in &config.warnings {
+        eprintln!("clevertap-deleter: warning: {warning}");
+    }
+    Ok(config)
 }
 
 /// Parses TOML text (used by tests and the demo) with no environment overrides.
@@ -343,7 +433,18 @@ fn from_config_error(err: config::ConfigError) -> ConfigError {
     ConfigError::new(key, text)
 }
 
+/// Validates settings without looking at the environment.
 pub fn validate(settings: Settings) -> Result<Config, ConfigError> {
+    validate_with_env(settings, &|_| None)
+}
+
+/// Validates settings; `env` looks up the [`KAFKA_ENV_PROPERTIES`] variables.
+pub fn validate_with_env(
+    mut settings: Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    resolve_kafka_secrets(&mut settings.kafka, env, &mut warnings)?;
     let k = &settings.kafka;
     if k.brokers.trim().is_empty() {
         return Err(ConfigError::new("kafka.brokers", "must not be empty"));
@@ -366,7 +467,7 @@ pub fn validate(settings: Settings) -> Result<Config, ConfigError> {
             "must differ from every topic in kafka.topics (dead letters would loop)",
         ));
     }
-    for owned in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
+    for owned in MANAGED_PROPERTIES {
         if k.properties.contains_key(owned) {
             return Err(ConfigError::new(
                 format!("kafka.properties.{owned}"),
@@ -472,7 +573,7 @@ pub fn validate(settings: Settings) -> Result<Config, ConfigError> {
     }
     let mut regions = Vec::new();
     for (name, region) in &settings.regions {
-        regions.push(resolve_region(name, region)?);
+        regions.push(resolve_region(name, region, &mut warnings)?);
     }
     if let Some(default) = &e.default_region {
         if !regions.iter().any(|r| r.name == RegionName::new(default)) {
@@ -499,18 +600,137 @@ pub fn validate(settings: Settings) -> Result<Config, ConfigError> {
         ));
     }
 
-    let audit = resolve_audit(&settings)?;
+    let audit = resolve_audit(&settings, &mut warnings)?;
+    let extra_roots = match &settings.api.ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => Vec::new(),
+    };
     Ok(Config {
         settings,
         regions,
         batch_capacity,
         listen,
         audit,
+        extra_roots,
+        warnings,
     })
+}
+
+/// Reads `api.ca_file` and checks that an HTTPS client accepts its certificates.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let bad = |m: String| ConfigError::new("api.ca_file", m);
+    let pem = std::fs::read(path)
+        .map_err(|e| bad(format!("cannot read {}: {}", path.display(), e.kind())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        bad(format!(
+            "{} is not a PEM certificate bundle: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    // The same call the daemon makes, so a certificate rustls refuses is a
+    // configuration error now rather than a failed start later.
+    reqwest::Client::builder()
+        .tls_certs_merge(certs.iter().cloned())
+        .build()
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    Ok(certs)
+}
+
+/// Moves `secret_properties_files` and the [`KAFKA_ENV_PROPERTIES`] variables
+/// into `properties`, remembering their keys as secret.
+fn resolve_kafka_secrets(
+    k: &mut KafkaSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for (property, path) in &k.secret_properties_files {
+        let key = format!("kafka.secret_properties_files.{property}");
+        if MANAGED_PROPERTIES.contains(&property.as_str()) {
+            return Err(ConfigError::new(
+                key,
+                "is managed by the daemon (offsets are committed only after deletion)",
+            ));
+        }
+        if k.properties.contains_key(property) {
+            return Err(ConfigError::new(
+                key,
+                format!("`{property}` is also set in [kafka.properties]; set it in one place"),
+            ));
+        }
+        if let Some((var, _)) = KAFKA_ENV_PROPERTIES
+            .iter()
+            .find(|(var, p)| *p == property && env(var).is_some())
+        {
+            return Err(ConfigError::new(
+                key,
+                format!("`{property}` is also set by the environment variable {var}; set it in one place"),
+            ));
+        }
+        let value = read_secret_file(&key, path, warnings)?;
+        k.properties
+            .insert(property.clone(), value.expose().to_string());
+        k.secret_keys.insert(property.clone());
+    }
+    for (var, property) in KAFKA_ENV_PROPERTIES {
+        let Some(value) = env(var) else { continue };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(ConfigError::new(var, "is set but empty"));
+        }
+        k.properties.insert(property.to_string(), value.to_string());
+        k.secret_keys.insert(property.to_string());
+    }
+    Ok(())
+}
+
+/// Reads a secret file: trimmed, not empty, with a warning when others may read it.
+fn read_secret_file(
+    key: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(key, format!("cannot read {}: {}", path.display(), e.kind()))
+    })?;
+    let secret = Secret::new(text.trim());
+    if secret.expose().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    if let Some(mode) = loose_mode(path) {
+        warnings.push(format!(
+            "{key}: {} is accessible to group or others (mode {mode:04o}); \
+             make it readable by the daemon's user only (chmod 600, or defaultMode 0400 for a Kubernetes Secret volume)",
+            path.display()
+        ));
+    }
+    Ok(secret)
+}
+
+/// The permission bits of `path` when group or others have any access.
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_path: &Path) -> Option<u32> {
+    None
 }
 
 fn resolve_audit(
     settings: &Settings,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<(String, crate::audit::IdDisclosure)>, ConfigError> {
     use crate::audit::IdDisclosure;
     let a = &settings.audit;
@@ -529,7 +749,13 @@ fn resolve_audit(
     if !a.hash_ids {
         return Ok(Some((topic, IdDisclosure::Plain)));
     }
-    let salt = read_secret("audit", "salt", a.salt.as_ref(), a.salt_file.as_deref())?;
+    let salt = read_secret(
+        "audit",
+        "salt",
+        a.salt.as_ref(),
+        a.salt_file.as_deref(),
+        warnings,
+    )?;
     if salt.expose().len() < 16 {
         return Err(ConfigError::new(
             "audit.salt",
@@ -545,6 +771,7 @@ fn read_secret(
     key: &str,
     inline: Option<&Secret>,
     file: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<Secret, ConfigError> {
     let name = |suffix: &str| format!("{table}.{key}{suffix}");
     let secret = match (inline, file) {
@@ -555,15 +782,7 @@ fn read_secret(
             ))
         }
         (Some(s), None) => s.clone(),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(
-                    name("_file"),
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                )
-            })?;
-            Secret::new(text.trim())
-        }
+        (None, Some(path)) => read_secret_file(&name("_file"), path, warnings)?,
         (None, None) => {
             return Err(ConfigError::new(
                 name(""),
@@ -577,7 +796,11 @@ fn read_secret(
     Ok(secret)
 }
 
-fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, ConfigError> {
+fn resolve_region(
+    name: &str,
+    region: &RegionSettings,
+    warnings: &mut Vec<String>,
+) -> Result<RegionAccount, ConfigError> {
     let key = |field: &str| format!("regions.{name}.{field}");
     if region.account_id.trim().is_empty() {
         return Err(ConfigError::new(key("account_id"), "is missing or empty"));
@@ -587,6 +810,7 @@ fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, 
         "passcode",
         region.passcode.as_ref(),
         region.passcode_file.as_deref(),
+        warnings,
     )?;
     let lower = name.to_ascii_lowercase();
     let endpoint = match &region.endpoint {
@@ -613,8 +837,19 @@ fn resolve_region(name: &str, region: &RegionSettings) -> Result<RegionAccount, 
 /// Passcodes must not travel in clear text by accident: plain http is only for
 /// loopback (tests, local proxies) unless explicitly allowed.
 fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), String> {
-    let url =
-        reqwest::Url::parse(endpoint).map_err(|e| format!("`{endpoint}` is not a URL: {e}"))?;
+    // The endpoint is not echoed until it is known to hold no credentials.
+    let url = reqwest::Url::parse(endpoint).map_err(|e| format!("is not a URL: {e}"))?;
+    // Credentials in the URL would be sent and shown in error messages; the
+    // passcode goes in its header only. Query and fragment have no meaning here.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not contain a user name or password (the passcode goes in passcode or passcode_file)"
+                .to_string(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must be a base URL, without query or fragment".to_string());
+    }
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -639,17 +874,19 @@ fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), String> {
 /// Keys of librdkafka properties whose values are secrets.
 fn is_secret_property(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("key")
+    k.contains("password")
+        || k.contains("secret")
+        || k.ends_with(".pem")
+        || k.contains("key")
+        || k.contains("passphrase")
+        // Free-form `principal=… clientSecret=…` settings of the unsecured JWT method.
+        || k == "sasl.oauthbearer.config"
 }
 
 /// The effective configuration as TOML, with every secret replaced.
 pub fn redacted_toml(settings: &Settings) -> String {
     let mut shown = settings.clone();
-    for (k, v) in shown.kafka.properties.iter_mut() {
-        if is_secret_property(k) {
-            *v = REDACTED.to_string();
-        }
-    }
+    shown.kafka.properties = settings.kafka.redacted_properties();
     toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
@@ -790,5 +1027,202 @@ mod tests {
         assert!(!shown.contains("kafka-secret"), "{shown}");
         assert!(!shown.contains("inline-secret"), "{shown}");
         assert!(shown.contains("SASL_SSL"));
+    }
+
+    fn write_secret(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        path
+    }
+
+    fn settings(text: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn kafka_secrets_from_files_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = write_secret(dir.path(), "kafka-pw", "  file-kafka-pw-91\n", 0o600);
+        let text = format!(
+            "{MINIMAL}\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"ssl.key.password\" = \"inline-key-pw\"\n\
+             [kafka.secret_properties_files]\n\"sasl.password\" = \"{}\"\n",
+            pw.display()
+        );
+        let env = |name: &str| match name {
+            "CLEVERTAP_DELETER_KAFKA_SASL_USERNAME" => Some("svc-user".to_string()),
+            "CLEVERTAP_DELETER_KAFKA_SSL_KEY_PASSWORD" => Some(" env-key-pw-33 ".to_string()),
+            _ => None,
+        };
+        let c = validate_with_env(settings(&text), &env).unwrap();
+        let p = &c.settings.kafka.properties;
+        assert_eq!(p["sasl.password"], "file-kafka-pw-91");
+        assert_eq!(p["sasl.username"], "svc-user");
+        // The environment wins over [kafka.properties], as everywhere.
+        assert_eq!(p["ssl.key.password"], "env-key-pw-33");
+        assert_eq!(p["security.protocol"], "SASL_SSL");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Never shown: not by check-config, not by Debug.
+        for shown in [
+            redacted_toml(&c.settings),
+            format!("{:?}", c.settings),
+            format!("{c:?}"),
+        ] {
+            for secret in [
+                "file-kafka-pw-91",
+                "env-key-pw-33",
+                "svc-user",
+                "inline-key-pw",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("SASL_SSL"), "{shown}");
+        }
+        assert!(redacted_toml(&c.settings).contains(&pw.display().to_string()));
+    }
+
+    #[test]
+    fn kafka_secret_conflicts_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = write_secret(dir.path(), "kafka-pw", "pw", 0o600);
+        let files = format!(
+            "[kafka.secret_properties_files]\n\"sasl.password\" = \"{}\"\n",
+            pw.display()
+        );
+        let no_env = |_: &str| None;
+        let err = |text: &str, env: &dyn Fn(&str) -> Option<String>| {
+            validate_with_env(settings(text), env).unwrap_err()
+        };
+        // Set twice.
+        let e = err(
+            &format!("{MINIMAL}\n{files}[kafka.properties]\n\"sasl.password\" = \"x\"\n"),
+            &no_env,
+        );
+        assert_eq!(e.key, "kafka.secret_properties_files.sasl.password");
+        let e = err(&format!("{MINIMAL}\n{files}"), &|n: &str| {
+            (n == "CLEVERTAP_DELETER_KAFKA_SASL_PASSWORD").then(|| "y".to_string())
+        });
+        assert_eq!(e.key, "kafka.secret_properties_files.sasl.password");
+        assert!(
+            e.message.contains("CLEVERTAP_DELETER_KAFKA_SASL_PASSWORD"),
+            "{e}"
+        );
+        // Missing or empty file, empty variable, managed property.
+        let e = err(
+            &format!("{MINIMAL}\n[kafka.secret_properties_files]\n\"sasl.password\" = \"/no/such/file\"\n"),
+            &no_env,
+        );
+        assert_eq!(e.key, "kafka.secret_properties_files.sasl.password");
+        let empty = write_secret(dir.path(), "empty", " \n", 0o600);
+        let e = err(
+            &format!(
+                "{MINIMAL}\n[kafka.secret_properties_files]\n\"sasl.password\" = \"{}\"\n",
+                empty.display()
+            ),
+            &no_env,
+        );
+        assert!(e.message.contains("empty"), "{e}");
+        let e = err(MINIMAL, &|n: &str| {
+            (n == "CLEVERTAP_DELETER_KAFKA_SASL_PASSWORD").then(String::new)
+        });
+        assert_eq!(e.key, "CLEVERTAP_DELETER_KAFKA_SASL_PASSWORD");
+        let e = err(
+            &format!(
+                "{MINIMAL}\n[kafka.secret_properties_files]\n\"group.id\" = \"{}\"\n",
+                pw.display()
+            ),
+            &no_env,
+        );
+        assert_eq!(e.key, "kafka.secret_properties_files.group.id");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_readable_by_others_warn() {
+        let dir = tempfile::tempdir().unwrap();
+        let loose = write_secret(dir.path(), "loose", "pass-loose-1", 0o644);
+        let group = write_secret(dir.path(), "group", "kafka-pw-2", 0o640);
+        let tight = write_secret(dir.path(), "tight", "salt-salt-salt-salt-3", 0o400);
+        let text = format!(
+            "[regions.eu1]\naccount_id = \"A\"\npasscode_file = \"{}\"\n\
+             [kafka]\naudit_topic = \"audit\"\n[audit]\nhash_ids = true\nsalt_file = \"{}\"\n\
+             [kafka.secret_properties_files]\n\"sasl.password\" = \"{}\"\n",
+            loose.display(),
+            tight.display(),
+            group.display()
+        );
+        let c = from_toml(&text).unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("regions.eu1.passcode_file")
+                && w.contains("0644")
+                && w.contains(&loose.display().to_string())));
+        assert!(c.warnings.iter().any(|w| w
+            .starts_with("kafka.secret_properties_files.sasl.password")
+            && w.contains("0640")));
+        for w in &c.warnings {
+            for secret in ["pass-loose-1", "kafka-pw-2", "salt-salt-salt-salt-3"] {
+                assert!(!w.contains(secret), "{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_carry_no_credentials() {
+        let base = "[regions.eu1]\naccount_id = \"A\"\npasscode = \"p\"\n";
+        for endpoint in [
+            "https://user:hunter2@api.clevertap.com",
+            "https://user@api.clevertap.com",
+            "https://api.clevertap.com/?passcode=hunter2",
+            "https://api.clevertap.com/#x",
+            "ftp://api.clevertap.com",
+            "not a url",
+        ] {
+            let e = from_toml(&format!("{base}endpoint = \"{endpoint}\"")).unwrap_err();
+            assert_eq!(e.key, "regions.eu1.endpoint", "{endpoint}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ca_file_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            err_key(&format!("{MINIMAL}\n[api]\nca_file = \"/no/such/ca.pem\"")),
+            "api.ca_file"
+        );
+        let junk = write_secret(dir.path(), "junk.pem", "not a certificate", 0o644);
+        let e = from_toml(&format!(
+            "{MINIMAL}\n[api]\nca_file = \"{}\"",
+            junk.display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "api.ca_file", "{e}");
+        let bad = write_secret(
+            dir.path(),
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            0o644,
+        );
+        let e = from_toml(&format!(
+            "{MINIMAL}\n[api]\nca_file = \"{}\"",
+            bad.display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "api.ca_file", "{e}");
+        assert!(from_toml(MINIMAL).unwrap().extra_roots.is_empty());
     }
 }

@@ -82,6 +82,9 @@ pub struct Progress {
     pub deleted_timestamps_ms: Vec<i64>,
     /// Acknowledgements for events whose partition was revoked meanwhile.
     pub late_acks: u64,
+    /// The record was read before by this process (a rebalance gave its
+    /// partition back, or the consumer re-read it): a duplicate delivery.
+    pub redelivered: bool,
 }
 
 #[derive(Debug)]
@@ -110,6 +113,8 @@ pub struct Ledger {
     recent: RecentlyDeleted,
     offsets: OffsetTracker,
     batcher: RegionBatcher,
+    /// Highest offset admitted per partition in this process; survives revokes.
+    highest_seen: HashMap<PartitionId, i64>,
 }
 
 impl Ledger {
@@ -121,6 +126,7 @@ impl Ledger {
             recent: RecentlyDeleted::new(s.recent_capacity, s.recent_ttl),
             offsets: OffsetTracker::new(),
             batcher: RegionBatcher::new(s.capacity, s.linger),
+            highest_seen: HashMap::new(),
         }
     }
 
@@ -134,6 +140,13 @@ impl Ledger {
         now: Instant,
     ) -> Progress {
         let mut progress = Progress::default();
+        match self.highest_seen.get_mut(partition) {
+            Some(highest) if offset <= *highest => progress.redelivered = true,
+            Some(highest) => *highest = offset,
+            None => {
+                self.highest_seen.insert(partition.clone(), offset);
+            }
+        }
         self.offsets.track(partition, offset);
         let request = match decoded {
             Decoded::Skip => {
@@ -524,6 +537,31 @@ mod tests {
         );
         l.deleted(&b, now);
         assert!(l.sources_of(b.region(), b.kind(), b.ids()).is_empty());
+    }
+
+    #[test]
+    fn records_read_again_after_a_revoke_are_redeliveries() {
+        let p = PartitionId::new("t", 0);
+        let mut l = ledger(10);
+        let now = Instant::now();
+        assert!(
+            !l.admit(&p, 0, RawRecord::default(), Decoded::Skip, now)
+                .redelivered
+        );
+        assert!(
+            !l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
+                .redelivered
+        );
+        l.revoke(std::slice::from_ref(&p));
+        l.assign(p.clone());
+        assert!(
+            l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
+                .redelivered
+        );
+        assert!(
+            !l.admit(&p, 2, RawRecord::default(), Decoded::Skip, now)
+                .redelivered
+        );
     }
 
     #[test]

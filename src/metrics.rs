@@ -39,6 +39,7 @@ pub struct Metrics {
     pub late_acks_dropped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub audit_records: IntCounterVec,
+    pub redelivered_events: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -136,7 +137,7 @@ impl Metrics {
             .expect("valid metric")),
             consumer_paused: reg!(IntGauge::with_opts(opts(
                 "consumer_paused",
-                "1 while consumption is paused because too many events are held in memory."
+                "1 while consumption is held because too many events are in memory (or paused for shutdown)."
             ))
             .expect("valid metric")),
             partitions_assigned: reg!(IntGauge::with_opts(opts(
@@ -190,6 +191,11 @@ impl Metrics {
                 "Audit records acknowledged by the broker, by status (deleted, rejected).",
                 &["status"]
             )),
+            redelivered_events: reg!(IntCounter::with_opts(opts(
+                "redelivered_events_total",
+                "Records this process read a second time (after a rebalance gave the partition back): duplicate deliveries."
+            ))
+            .expect("valid metric")),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(

@@ -147,6 +147,7 @@ pub async fn run(
         health.clone(),
     );
 
+    let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);
     let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
     let source = source::start(
@@ -155,6 +156,7 @@ pub async fn run(
             topics: s.kafka.topics.clone(),
             decoder: EventDecoder::new(&s.event, &config.regions),
             revoke_timeout: drain_timeout,
+            intake_held: intake_held.clone(),
         },
         events_tx,
         metrics.clone(),
@@ -183,6 +185,7 @@ pub async fn run(
         metrics,
         health: health.clone(),
         paused: false,
+        intake_held,
         pause_at: max_events,
         resume_at: max_events * 3 / 4,
         revoking: None,
@@ -253,6 +256,8 @@ struct Coordinator {
     metrics: Metrics,
     health: Health,
     paused: bool,
+    /// Shared with the consumer thread: set while too many events are held.
+    intake_held: Arc<std::sync::atomic::AtomicBool>,
     pause_at: usize,
     resume_at: usize,
     revoking: Option<PendingRevoke>,
@@ -454,6 +459,9 @@ impl Coordinator {
 
     fn apply(&mut self, progress: Progress) {
         self.metrics.late_acks_dropped.inc_by(progress.late_acks);
+        if progress.redelivered {
+            self.metrics.redelivered_events.inc();
+        }
         for batch in progress.batches {
             self.dispatcher.dispatch(batch);
         }
@@ -526,15 +534,18 @@ impl Coordinator {
             return;
         }
         let held = self.ledger.events_in_memory() + queued;
-        if !self.paused && held >= self.pause_at {
-            self.paused = true;
-            tracing::info!(held, "too many events in memory: pausing consumption");
-            let _ = self.commands.send(SourceCommand::Pause);
+        let hold = if !self.paused && held >= self.pause_at {
+            tracing::debug!(held, "too many events in memory: holding consumption");
+            true
         } else if self.paused && held <= self.resume_at {
-            self.paused = false;
-            tracing::info!(held, "events drained: resuming consumption");
-            let _ = self.commands.send(SourceCommand::Resume);
-        }
+            tracing::debug!(held, "events drained: resuming consumption");
+            false
+        } else {
+            return;
+        };
+        self.paused = hold;
+        self.intake_held
+            .store(hold, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn update_gauges(&self) {

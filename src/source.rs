@@ -53,8 +53,8 @@ pub enum SourceEvent {
 #[derive(Debug)]
 pub enum SourceCommand {
     Commit(Vec<(PartitionId, i64)>),
+    /// Stop fetching for good (shutdown); backpressure uses `intake_held`.
     Pause,
-    Resume,
     /// Commit synchronously, leave the group, end the thread.
     Stop {
         final_commit: Vec<(PartitionId, i64)>,
@@ -68,7 +68,15 @@ pub struct SourceSettings {
     pub decoder: EventDecoder,
     /// How long a revoke waits for the pipeline's answer.
     pub revoke_timeout: Duration,
+    /// Set by the pipeline while it holds too many events: stop reading.
+    pub intake_held: Arc<AtomicBool>,
 }
+
+/// While intake is held the consumer simply stops polling, and librdkafka's
+/// bounded prefetch stops fetching by itself: resuming is instant. After this
+/// long (an API outage, say) the partitions are paused for real, which drops
+/// the prefetched messages and lets the thread poll again for rebalances.
+const HARD_PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// Records per chunk sent to the pipeline.
 pub const SOURCE_CHUNK: usize = 256;
@@ -259,9 +267,10 @@ pub fn start(
     consumer.subscribe(&topics)?;
     let (commands, command_rx) = std_mpsc::channel();
     let decoder = settings.decoder;
+    let intake_held = settings.intake_held;
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
-        .spawn(move || consume(consumer, decoder, command_rx, metrics))
+        .spawn(move || consume(consumer, decoder, command_rx, metrics, intake_held))
         .expect("spawning a thread");
     Ok(KafkaSource { commands, thread })
 }
@@ -271,8 +280,11 @@ fn consume(
     decoder: EventDecoder,
     commands: std_mpsc::Receiver<SourceCommand>,
     metrics: Metrics,
+    intake_held: Arc<AtomicBool>,
 ) {
     let consumer = Arc::new(consumer);
+    let mut held_since: Option<std::time::Instant> = None;
+    let mut hard_paused = false;
     // Per topic, once: the shared name and the consumed counter.
     let mut topics: BTreeMap<String, (Arc<str>, prometheus::IntCounter)> = BTreeMap::new();
     loop {
@@ -286,6 +298,31 @@ fn consume(
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
+        }
+
+        if intake_held.load(Ordering::Relaxed) {
+            let since = *held_since.get_or_insert_with(std::time::Instant::now);
+            metrics.consumer_paused.set(1);
+            if !consumer.context().flush() {
+                await_stop(&consumer, &commands, &metrics);
+                return;
+            }
+            if !hard_paused && since.elapsed() >= HARD_PAUSE_AFTER {
+                hard_paused = true;
+                set_paused(&consumer, true);
+            }
+            if !hard_paused {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            // Paused: poll serves rebalances; the few prefetched messages it
+            // may still return are handed over as usual.
+        } else if held_since.take().is_some() {
+            if hard_paused {
+                hard_paused = false;
+                set_paused(&consumer, false);
+            }
+            metrics.consumer_paused.set(0);
         }
 
         // Block only when nothing is waiting to be handed over.
@@ -356,6 +393,19 @@ fn consume(
     }
 }
 
+/// Pauses or resumes every assigned partition; partitions assigned later
+/// follow the same state (see `post_rebalance`).
+fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
+    consumer.context().paused.store(pause, Ordering::Relaxed);
+    if let Ok(a) = consumer.assignment() {
+        let _ = if pause {
+            consumer.pause(&a)
+        } else {
+            consumer.resume(&a)
+        };
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Running,
@@ -377,17 +427,9 @@ fn carry_out(
                 consumer.context().commit_sync(consumer, &owned);
             }
         }
-        SourceCommand::Pause | SourceCommand::Resume => {
-            let pause = matches!(command, SourceCommand::Pause);
-            consumer.context().paused.store(pause, Ordering::Relaxed);
-            if let Ok(a) = consumer.assignment() {
-                let _ = if pause {
-                    consumer.pause(&a)
-                } else {
-                    consumer.resume(&a)
-                };
-            }
-            metrics.consumer_paused.set(pause as i64);
+        SourceCommand::Pause => {
+            set_paused(consumer, true);
+            metrics.consumer_paused.set(1);
         }
         SourceCommand::Stop { final_commit, done } => {
             let owned = owned_only(consumer, &final_commit);
