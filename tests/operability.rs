@@ -1067,9 +1067,10 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_json_and_batch_lines_carry_their_fields() {
     let f = fixture(2).await;
-    // Some 5xx answers, so retries log warnings with attempt > 1.
+    // Every request fails until the first 5xx was answered, so at least one
+    // batch is retried and later succeeds with attempt > 1.
     f.api.set_faults(clevertap_deleter::fake_api::Faults {
-        server_error: 0.3,
+        server_error: 1.0,
         ..Default::default()
     });
     let events = generate(&SynthSpec {
@@ -1105,6 +1106,17 @@ async fn json_logs_are_json_and_batch_lines_carry_their_fields() {
             |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).to_string();
         (read(&stdout_path), read(&stderr_path))
     };
+
+    let first_failure = Instant::now() + Duration::from_secs(30);
+    while !f.api.status_counts().keys().any(|s| *s >= 500) {
+        assert!(
+            Instant::now() < first_failure,
+            "no request reached the fake API\n{}",
+            read_logs().1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.api.set_faults(Default::default());
 
     let end = f.end(events.len());
     let deadline = Instant::now() + Duration::from_secs(60);
