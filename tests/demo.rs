@@ -57,7 +57,7 @@ fn demo_runs_the_pipeline_and_explains_what_happened() {
 fn demo_with_injected_faults_still_deletes_everything() {
     let (code, out, _) = demo(&[
         "--events",
-        "1500",
+        "4000",
         "--fail-rate",
         "0.2",
         "--throttle-rate",
