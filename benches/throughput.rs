@@ -1,31 +1,39 @@
 //! The throughput benchmark: `cargo bench --bench throughput`.
 //!
-//! In one process and one run, on the same topic: a plain rdkafka consumer
-//! that only reads (the ceiling), the daemon's whole pipeline against a fake
-//! API that answers at once, and the API-bound case where the fake answers
-//! after 50 ms. Prints a table and writes `target/bench-throughput.json`.
+//! One run, one topic, three cases:
+//! 1. the ceiling: a plain rdkafka consumer (the daemon's consumer settings)
+//!    in this process that only reads every message;
+//! 2. the daemon binary (`clevertap-deleter run`) against a fake API that
+//!    answers at once, until the group's committed offsets reach the end;
+//! 3. the same with the fake answering after 50 ms, compared with the API's
+//!    ceiling `accounts * max_concurrency * 100 ids / 0.05 s`.
+//!
+//! The broker (librdkafka's mock cluster) runs in a child process and the
+//! daemon in another, so CPU seconds and peak memory are each process's own:
+//! case 1 is this process while only the consumer runs, cases 2 and 3 are the
+//! daemon process. Rates are timed from the first message consumed to the last
+//! one finished, so joining the group is not counted.
 //!
 //! Environment: BENCH_EVENTS (default 500000), BENCH_PARTITIONS (24),
-//! BENCH_LATENCY_MS (50), KAFKA_BROKERS (use a real cluster instead of the
-//! in-process mock; its topic must not exist yet).
+//! BENCH_LATENCY_MS (50), BENCH_MAX_EVENTS_IN_MEMORY (daemon default),
+//! KAFKA_BROKERS (a real cluster instead of the mock; the topic must not exist).
+//! Writes `target/bench-throughput.json`.
 
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::config::{self, Config};
 use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
-use clevertap_deleter::health::Health;
-use clevertap_deleter::ledger::Finish;
-use clevertap_deleter::metrics::Metrics;
 use clevertap_deleter::synth::{generate, SynthSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 const REGIONS: [&str; 3] = ["eu1", "in1", "us1"];
 const MAX_CONCURRENCY: usize = 10;
+const DAEMON: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -34,10 +42,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// CPU seconds (user + system) of this process so far, from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
+/// CPU seconds (user + system) of a process, from /proc (`self` or a pid).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
@@ -46,24 +53,19 @@ fn cpu_seconds() -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here.
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Peak resident memory in MiB since the last reset.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+/// Peak resident memory in MiB (VmHWM) of a process.
+fn peak_rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Resets the peak so each case reports its own (Linux: clear_refs 5).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -80,28 +82,31 @@ struct CaseResult {
     ids_per_second: Option<f64>,
 }
 
-struct Measure {
-    started: Instant,
-    cpu: f64,
+/// The child process that only hosts the mock cluster.
+fn serve_mock_broker(topic: &str, partitions: i32) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(topic, partitions, 1).expect("topic");
+    cluster
+        .create_topic(&format!("{topic}.dlq"), 1, 1)
+        .expect("dlq topic");
+    println!("{}", cluster.bootstrap_servers());
+    std::io::stdout().flush().expect("stdout");
+    // Serve until the parent closes our stdin.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
 }
 
-impl Measure {
-    fn start() -> Self {
-        reset_peak_rss();
-        Measure {
-            started: Instant::now(),
-            cpu: cpu_seconds(),
-        }
-    }
+struct Reaped(Child);
 
-    fn finish(self, events: usize) -> (f64, f64, f64) {
-        let secs = self.started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - self.cpu;
-        (secs, cpu / events as f64 * 1e6, peak_rss_mib())
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 fn consumer_settings(brokers: &str, group: &str) -> ClientConfig {
+    // The daemon's own consumer defaults (see pipeline::consumer_config).
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -112,24 +117,16 @@ fn consumer_settings(brokers: &str, group: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "20000")
         .set("fetch.queue.backoff.ms", "20");
-    if let Ok(extra) = std::env::var("BENCH_CONSUMER_PROPS") {
-        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
-            if let Some((k, v)) = kv.split_once('=') {
-                c.set(k, v);
-            }
-        }
-    }
     c
 }
 
-/// The ceiling: a consumer with the daemon's settings that only reads.
+/// Case 1: reads every message; returns seconds from the first to the last.
 fn plain_consumer(brokers: &str, topic: &str, total: usize) -> f64 {
     let consumer: BaseConsumer = consumer_settings(brokers, "bench-plain")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let subscribed = Instant::now();
-    // Timed from the first message: joining the group is not throughput.
     let mut first: Option<Instant> = None;
     let mut n = 0usize;
     let mut bytes = 0usize;
@@ -148,91 +145,134 @@ fn plain_consumer(brokers: &str, topic: &str, total: usize) -> f64 {
     first.map_or(0.0, |f| f.elapsed().as_secs_f64())
 }
 
-fn bench_config(brokers: &str, topic: &str, group: &str, endpoint: &str) -> Config {
-    let max_mem: usize = env_or("BENCH_MAX_EVENTS_IN_MEMORY", 20_000);
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let offsets = {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .expect("committed");
+        let v = (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect();
+        drop(got);
+        v
+    };
+    drop(consumer);
+    offsets
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A metric's value from the daemon's /metrics (0 when absent or unreachable).
+fn scrape(port: u16, series: &str) -> f64 {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct DaemonRun {
+    seconds: f64,
+    cpu_per_million: f64,
+    peak_rss: f64,
+}
+
+/// Cases 2 and 3: the daemon binary until every offset is committed.
+fn daemon(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    endpoint: &str,
+    total: usize,
+    partitions: i32,
+    end: &[i64],
+) -> DaemonRun {
+    let port = free_port();
+    let commit_ms: u64 = env_or("BENCH_COMMIT_MS", 100);
     let mut text = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\ndlq_topic = \"{topic}.dlq\"\n\
          [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         [batch]\nlinger_ms = 50\n[api]\nmax_concurrency = {MAX_CONCURRENCY}\n[pipeline]\ncommit_interval_ms = 500\nmax_events_in_memory = {max_mem}\n\
-         [server]\nlisten = \"127.0.0.1:0\"\n"
+         [batch]\nlinger_ms = 50\n[api]\nmax_concurrency = {MAX_CONCURRENCY}\n\
+         [pipeline]\ncommit_interval_ms = {commit_ms}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"
     );
-    if let Ok(extra) = std::env::var("BENCH_CONSUMER_PROPS") {
-        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
-            if let Some((k, v)) = kv.split_once('=') {
-                text = text.replace(
-                    "[kafka.properties]\n",
-                    &format!("[kafka.properties]\n\"{k}\" = \"{v}\"\n"),
-                );
-            }
-        }
+    if let Ok(max) = std::env::var("BENCH_MAX_EVENTS_IN_MEMORY") {
+        text = text.replace(
+            "[pipeline]\n",
+            &format!("[pipeline]\nmax_events_in_memory = {max}\n"),
+        );
     }
     for r in REGIONS {
         text.push_str(&format!(
             "[regions.{r}]\naccount_id = \"B-{r}\"\npasscode = \"bench-{r}\"\nendpoint = \"{endpoint}\"\n"
         ));
     }
-    config::from_toml(&text).expect("bench config")
-}
-
-/// Runs the pipeline until every event finished; returns the seconds from
-/// the first message consumed to the last event finished.
-async fn pipeline(config: Config, total: usize) -> f64 {
-    let topic = config.settings.kafka.topics[0].clone();
-    let metrics = Metrics::new();
-    let health = Health::new(metrics.clone());
-    let api = clevertap_deleter::api::client_for(&config).expect("client");
-    let watch = metrics.clone();
-    let span = Arc::new(std::sync::Mutex::new((None::<Instant>, None::<Instant>)));
-    let span_w = span.clone();
-    let debug = std::env::var("BENCH_DEBUG").is_ok();
-    let mut last_debug = Instant::now();
-    let done = async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let consumed = watch.events_consumed.with_label_values(&[&topic]).get();
-            let finished: u64 = Finish::ALL
-                .iter()
-                .map(|f| watch.events_finished.with_label_values(&[f.as_str()]).get())
-                .sum();
-            if debug && last_debug.elapsed() >= Duration::from_millis(500) {
-                last_debug = Instant::now();
-                eprintln!(
-                    "in memory {}, paused {}, in flight eu1 {} limit {}, finished {finished}",
-                    watch.events_in_memory.get(),
-                    watch.consumer_paused.get(),
-                    watch.api_in_flight.with_label_values(&["eu1"]).get(),
-                    watch
-                        .api_concurrency_limit
-                        .with_label_values(&["eu1"])
-                        .get(),
-                );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, text).expect("config");
+    let child = Reaped(
+        Command::new(DAEMON)
+            .args(["run", "--config", path.to_str().expect("utf-8 path")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the daemon"),
+    );
+    let pid = child.0.id().to_string();
+    let consumed = format!("clevertap_deleter_events_consumed_total{{topic=\"{topic}\"}}");
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "daemon did not finish"
+        );
+        if first.is_none() {
+            if scrape(port, &consumed) > 0.0 {
+                first = Some(Instant::now());
             }
-            let mut s = span_w.lock().unwrap();
-            if consumed > 0 && s.0.is_none() {
-                s.0 = Some(Instant::now());
-            }
-            if finished as usize >= total {
-                s.1 = Some(Instant::now());
-                return;
-            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
-    };
-    let summary = clevertap_deleter::pipeline::run(config, api, metrics.clone(), health, done)
-        .await
-        .expect("pipeline");
-    if std::env::var("BENCH_DEBUG").is_ok() {
-        for r in REGIONS {
-            let h = metrics.api_request_duration.with_label_values(&[r]);
-            eprintln!(
-                "{r}: {} requests, mean {:.2} ms",
-                h.get_sample_count(),
-                h.get_sample_sum() / h.get_sample_count().max(1) as f64 * 1000.0
-            );
+        if committed(brokers, group, topic, partitions) == end {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(25));
     }
-    assert_eq!(summary.unfinished_at_exit, 0);
-    let (first, last) = *span.lock().unwrap();
-    last.unwrap().duration_since(first.unwrap()).as_secs_f64()
+    let seconds = first.expect("started").elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&pid);
+    let peak_rss = peak_rss_mib(&pid);
+    drop(child);
+    DaemonRun {
+        seconds,
+        cpu_per_million: cpu / total as f64 * 1e6,
+        peak_rss,
+    }
 }
 
 async fn fake(latency: Duration) -> FakeCleverTap {
@@ -253,10 +293,12 @@ async fn fake(latency: Duration) -> FakeCleverTap {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; any filter argument is ignored.
-    if std::env::var("BENCH_DEBUG").is_ok() {
-        clevertap_deleter::logging::init("human", "info");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--mock-broker") {
+        serve_mock_broker(&args[i + 1], args[i + 2].parse().expect("partitions"));
+        return;
     }
+    // `cargo bench` passes --bench; any other argument is ignored.
     let total: usize = env_or("BENCH_EVENTS", 500_000);
     let partitions: i32 = env_or("BENCH_PARTITIONS", 24);
     let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));
@@ -265,19 +307,27 @@ fn main() {
         .build()
         .expect("runtime");
 
-    let mock = std::env::var("KAFKA_BROKERS")
-        .is_err()
-        .then(|| MockCluster::new(1).expect("mock cluster"));
-    let brokers = std::env::var("KAFKA_BROKERS")
-        .unwrap_or_else(|_| mock.as_ref().unwrap().bootstrap_servers());
     let topic = format!("bench-{}", std::process::id());
-    if let Some(m) = &mock {
-        m.create_topic(&topic, partitions, 1).expect("topic");
-        m.create_topic(&format!("{topic}.dlq"), 1, 1)
-            .expect("dlq topic");
-    }
+    let mut _broker = None;
+    let brokers = match std::env::var("KAFKA_BROKERS") {
+        Ok(b) => b,
+        Err(_) => {
+            let mut child = Command::new(std::env::current_exe().expect("own path"))
+                .args(["--mock-broker", &topic, &partitions.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the mock broker");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("bootstrap address");
+            _broker = Some(Reaped(child));
+            line.trim().to_string()
+        }
+    };
 
-    eprintln!("producing {total} events to {topic} ({partitions} partitions)...");
+    eprintln!("producing {total} events to {topic} ({partitions} partitions) at {brokers}...");
     let events = generate(&SynthSpec {
         count: total,
         regions: REGIONS.iter().map(|r| r.to_string()).collect(),
@@ -301,11 +351,14 @@ fn main() {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
+    let mut end = vec![0i64; partitions as usize];
     for (i, e) in events.iter().enumerate() {
+        let partition = (i % partitions as usize) as i32;
+        end[partition as usize] += 1;
         let mut record = BaseRecord::to(&topic)
             .key(e.key.as_bytes())
             .payload(&e.payload[..])
-            .partition((i % partitions as usize) as i32);
+            .partition(partition);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -317,14 +370,15 @@ fn main() {
         }
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
+    drop(producer);
     drop(events);
 
     let mut results = Vec::new();
 
-    // 1. The ceiling.
-    let m = Measure::start();
+    // 1. The ceiling, in this process (the broker is another process).
+    let cpu_before = cpu_seconds("self");
     let plain_secs = plain_consumer(&brokers, &topic, total);
-    let (_, plain_cpu, plain_rss) = m.finish(total);
+    let plain_cpu = (cpu_seconds("self") - cpu_before) / total as f64 * 1e6;
     let plain_rate = total as f64 / plain_secs;
     results.push(CaseResult {
         case: "plain consumer (ceiling)".into(),
@@ -334,64 +388,68 @@ fn main() {
         ratio_to_ceiling: 1.0,
         ceiling: "itself".into(),
         cpu_seconds_per_million_events: plain_cpu,
-        peak_rss_mib: plain_rss,
+        peak_rss_mib: peak_rss_mib("self"),
         ids_per_api_call: None,
         ids_per_second: None,
     });
 
-    // 2. The pipeline against an API that answers at once.
-    let (secs, cpu, rss, api) = runtime.block_on(async {
-        let api = fake(Duration::ZERO).await;
-        let config = bench_config(&brokers, &topic, "bench-pipeline", &api.endpoint());
-        let m = Measure::start();
-        let secs = pipeline(config, total).await;
-        let (_, cpu, rss) = m.finish(total);
-        (secs, cpu, rss, api)
-    });
-    let rate = total as f64 / secs;
-    results.push(CaseResult {
-        case: "pipeline, instant API".into(),
-        events: total,
-        seconds: secs,
-        events_per_second: rate,
-        ratio_to_ceiling: rate / plain_rate,
-        ceiling: "plain consumer".into(),
-        cpu_seconds_per_million_events: cpu,
-        peak_rss_mib: rss,
-        ids_per_api_call: Some(api.deleted_total() as f64 / api.request_count().max(1) as f64),
-        ids_per_second: Some(api.deleted_total() as f64 / secs),
-    });
+    // 2. The daemon against an API that answers at once.
+    let api = runtime.block_on(fake(Duration::ZERO));
+    let run = daemon(
+        &brokers,
+        &topic,
+        "bench-pipeline",
+        &api.endpoint(),
+        total,
+        partitions,
+        &end,
+    );
     assert_eq!(
         api.deletion_counts().len(),
         distinct_ids,
         "every id deleted"
     );
+    let rate = total as f64 / run.seconds;
+    results.push(CaseResult {
+        case: "daemon, instant API".into(),
+        events: total,
+        seconds: run.seconds,
+        events_per_second: rate,
+        ratio_to_ceiling: rate / plain_rate,
+        ceiling: "plain consumer".into(),
+        cpu_seconds_per_million_events: run.cpu_per_million,
+        peak_rss_mib: run.peak_rss,
+        ids_per_api_call: Some(api.deleted_total() as f64 / api.request_count().max(1) as f64),
+        ids_per_second: Some(api.deleted_total() as f64 / run.seconds),
+    });
     api.shutdown();
 
     // 3. API-bound: the fake answers after `latency`.
-    let (secs, cpu, rss, api) = runtime.block_on(async {
-        let api = fake(latency).await;
-        let config = bench_config(&brokers, &topic, "bench-api-bound", &api.endpoint());
-        let m = Measure::start();
-        let secs = pipeline(config, total).await;
-        let (_, cpu, rss) = m.finish(total);
-        (secs, cpu, rss, api)
-    });
+    let api = runtime.block_on(fake(latency));
+    let run = daemon(
+        &brokers,
+        &topic,
+        "bench-api-bound",
+        &api.endpoint(),
+        total,
+        partitions,
+        &end,
+    );
     let ceiling_ids = (REGIONS.len() * MAX_CONCURRENCY * 100) as f64 / latency.as_secs_f64();
-    let ids_per_second = api.deleted_total() as f64 / secs;
+    let ids_per_second = api.deleted_total() as f64 / run.seconds;
     results.push(CaseResult {
-        case: format!("pipeline, API answers after {} ms", latency.as_millis()),
+        case: format!("daemon, API answers after {} ms", latency.as_millis()),
         events: total,
-        seconds: secs,
-        events_per_second: total as f64 / secs,
+        seconds: run.seconds,
+        events_per_second: total as f64 / run.seconds,
         ratio_to_ceiling: ids_per_second / ceiling_ids,
         ceiling: format!(
             "{} accounts x {MAX_CONCURRENCY} concurrent x 100 ids / {} s = {ceiling_ids:.0} ids/s",
             REGIONS.len(),
             latency.as_secs_f64()
         ),
-        cpu_seconds_per_million_events: cpu,
-        peak_rss_mib: rss,
+        cpu_seconds_per_million_events: run.cpu_per_million,
+        peak_rss_mib: run.peak_rss,
         ids_per_api_call: Some(api.deleted_total() as f64 / api.request_count().max(1) as f64),
         ids_per_second: Some(ids_per_second),
     });
@@ -399,16 +457,16 @@ fn main() {
 
     println!();
     println!(
-        "{total} events, {avg_bytes} bytes on average, {distinct_ids} distinct ids, {partitions} partitions, brokers {}",
-        if mock.is_some() { "in-process mock" } else { "KAFKA_BROKERS" }
+        "{total} events, {avg_bytes} bytes on average, {distinct_ids} distinct ids, {partitions} partitions, broker: {}",
+        if _broker.is_some() { "mock cluster (child process)" } else { "KAFKA_BROKERS" }
     );
     println!(
-        "{:<36} {:>10} {:>8} {:>14} {:>10} {:>11} {:>9}",
+        "{:<34} {:>10} {:>7} {:>11} {:>9} {:>9} {:>9}",
         "case", "events/s", "ratio", "CPU s/M ev", "peak MiB", "ids/call", "ids/s"
     );
     for r in &results {
         println!(
-            "{:<36} {:>10.0} {:>8.3} {:>14.2} {:>10.1} {:>11} {:>9}",
+            "{:<34} {:>10.0} {:>7.3} {:>11.2} {:>9.1} {:>9} {:>9}",
             r.case,
             r.events_per_second,
             r.ratio_to_ceiling,
@@ -419,15 +477,13 @@ fn main() {
         );
     }
     println!(
-        "ratio: pipeline rows against the plain consumer; the API-bound row against {}",
+        "ratio: daemon rows against the plain consumer; the API-bound row against {}",
         results[2].ceiling
     );
     let target_dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let path = format!("{target_dir}/bench-throughput.json");
-    let json = serde_json::to_string_pretty(&results).expect("json");
-    match std::fs::write(&path, json) {
+    match std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json")) {
         Ok(()) => println!("written: {path}"),
         Err(e) => eprintln!("cannot write {path}: {e}"),
     }
-    drop(mock);
 }

@@ -1,6 +1,6 @@
 //! Typed delete batches and the per-(region, kind) batcher that fills them.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ impl RegionBatcher {
         RegionBatcher {
             capacity,
             linger,
-            open: HashMap::new(),
+            open: HashMap::default(),
         }
     }
 

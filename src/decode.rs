@@ -5,6 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{EventSettings, RegionAccount};
@@ -107,6 +111,8 @@ fn reject(reason: DeadLetterReason, detail: impl Into<String>) -> Decoded {
 #[derive(Debug, Clone)]
 pub struct EventDecoder {
     settings: EventSettings,
+    /// Set when every pointer is a top-level key: the fast path.
+    flat: Option<FlatKeys>,
     accept_types: HashSet<String>,
     regions: HashMap<String, RegionName>,
     default_region: Option<RegionName>,
@@ -115,6 +121,7 @@ pub struct EventDecoder {
 impl EventDecoder {
     pub fn new(settings: &EventSettings, regions: &[RegionAccount]) -> Self {
         EventDecoder {
+            flat: FlatKeys::from_settings(settings),
             accept_types: settings.accept_types.iter().cloned().collect(),
             regions: regions
                 .iter()
@@ -146,41 +153,74 @@ impl EventDecoder {
                 format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             );
         }
-        // serde_json's recursion limit (128) bounds nesting; deeper input is an error here.
-        let event: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                return reject(
-                    DeadLetterReason::NotJson,
-                    format!(
-                        "line {} column {}: {:?}",
-                        e.line(),
-                        e.column(),
-                        e.classify()
-                    ),
-                )
-            }
+        if nested_deeper_than(payload, MAX_NESTING) {
+            return reject(
+                DeadLetterReason::NotJson,
+                format!("nesting deeper than {MAX_NESTING} levels"),
+            );
+        }
+        let not_json = |e: serde_json::Error| {
+            reject(
+                DeadLetterReason::NotJson,
+                format!(
+                    "line {} column {}: {:?}",
+                    e.line(),
+                    e.column(),
+                    e.classify()
+                ),
+            )
         };
+        match &self.flat {
+            Some(keys) => {
+                let mut de = serde_json::Deserializer::from_slice(payload);
+                let fields = match FlatEvent(keys)
+                    .deserialize(&mut de)
+                    .and_then(|f| de.end().map(|()| f))
+                {
+                    Ok(f) => f,
+                    Err(e) => return not_json(e),
+                };
+                self.decide(|which| fields.take(which))
+            }
+            None => {
+                let event: Value = match serde_json::from_slice(payload) {
+                    Ok(v) => v,
+                    Err(e) => return not_json(e),
+                };
+                self.decide(|which| {
+                    let pointer = match which {
+                        Which::Type => &self.settings.type_pointer,
+                        Which::Identity => &self.settings.identity_pointer,
+                        Which::Guid => &self.settings.guid_pointer,
+                        Which::Region => &self.settings.region_pointer,
+                    };
+                    if pointer.is_empty() {
+                        return None;
+                    }
+                    event.pointer(pointer).map(Field::from_value)
+                })
+            }
+        }
+    }
 
+    /// The verdict, given a way to look up each configured field.
+    fn decide<'a>(&self, mut field: impl FnMut(Which) -> Option<Field<'a>>) -> Decoded {
         if !self.settings.type_pointer.is_empty() {
-            let accepted = event
-                .pointer(&self.settings.type_pointer)
-                .and_then(Value::as_str)
-                .is_some_and(|t| self.accept_types.contains(t));
+            let accepted = match field(Which::Type) {
+                Some(Field::Str(t)) => self.accept_types.contains(t.as_ref()),
+                _ => false,
+            };
             if !accepted {
                 return Decoded::Skip;
             }
         }
 
         let mut ids: Vec<(IdKind, Arc<str>)> = Vec::new();
-        for (kind, pointer) in [
-            (IdKind::Identity, &self.settings.identity_pointer),
-            (IdKind::Guid, &self.settings.guid_pointer),
+        for (kind, which) in [
+            (IdKind::Identity, Which::Identity),
+            (IdKind::Guid, Which::Guid),
         ] {
-            if pointer.is_empty() {
-                continue;
-            }
-            if let Err(rejection) = self.collect_ids(&event, kind, pointer, &mut ids) {
+            if let Err(rejection) = self.collect_ids(field(which), kind, &mut ids) {
                 return Decoded::DeadLetter(rejection);
             }
         }
@@ -194,7 +234,7 @@ impl EventDecoder {
             );
         }
 
-        let region = match self.region_of(&event) {
+        let region = match self.region_of(field(Which::Region)) {
             Ok(r) => r,
             Err(rejection) => return Decoded::DeadLetter(rejection),
         };
@@ -203,24 +243,24 @@ impl EventDecoder {
 
     fn collect_ids(
         &self,
-        event: &Value,
+        field: Option<Field<'_>>,
         kind: IdKind,
-        pointer: &str,
         out: &mut Vec<(IdKind, Arc<str>)>,
     ) -> Result<(), Rejection> {
         let bad = |reason, detail: String| Rejection { reason, detail };
-        let values: Vec<&Value> = match event.pointer(pointer) {
-            None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(items)) => items.iter().collect(),
-            Some(v) => vec![v],
+        let items: Vec<Item<'_>> = match field {
+            None | Some(Field::Null) => return Ok(()),
+            Some(Field::Array(items)) => items,
+            Some(Field::Str(s)) => vec![Item::Str(s)],
+            Some(Field::Other(t)) => vec![Item::Other(t)],
         };
-        for (i, v) in values.into_iter().enumerate() {
-            let id = match v {
-                Value::String(s) => s.as_str(),
-                other => {
+        for (i, item) in items.into_iter().enumerate() {
+            let id = match item {
+                Item::Str(s) => s,
+                Item::Other(t) => {
                     return Err(bad(
                         DeadLetterReason::InvalidId,
-                        format!("{kind}[{i}] is {}, not a string", json_type(other)),
+                        format!("{kind}[{i}] is {t}, not a string"),
                     ))
                 }
             };
@@ -243,7 +283,7 @@ impl EventDecoder {
             // A repeated id inside one event is one deletion.
             if !out
                 .iter()
-                .any(|(k, existing)| *k == kind && &**existing == id)
+                .any(|(k, existing)| *k == kind && **existing == *id)
             {
                 if out.len() >= self.settings.max_ids_per_event {
                     return Err(bad(
@@ -254,25 +294,21 @@ impl EventDecoder {
                         ),
                     ));
                 }
-                out.push((kind, Arc::from(id)));
+                out.push((kind, Arc::from(id.as_ref())));
             }
         }
         Ok(())
     }
 
-    fn region_of(&self, event: &Value) -> Result<RegionName, Rejection> {
-        let named = if self.settings.region_pointer.is_empty() {
-            None
-        } else {
-            match event.pointer(&self.settings.region_pointer) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.as_str()),
-                Some(other) => {
-                    return Err(Rejection {
-                        reason: DeadLetterReason::UnknownRegion,
-                        detail: format!("region is {}, not a region name", json_type(other)),
-                    })
-                }
+    fn region_of(&self, field: Option<Field<'_>>) -> Result<RegionName, Rejection> {
+        let named = match field {
+            None | Some(Field::Null) => None,
+            Some(Field::Str(s)) if !s.trim().is_empty() => Some(s),
+            Some(other) => {
+                return Err(Rejection {
+                    reason: DeadLetterReason::UnknownRegion,
+                    detail: format!("region is {}, not a region name", other.type_name()),
+                })
             }
         };
         match named {
@@ -296,6 +332,271 @@ impl EventDecoder {
                 ),
             }),
         }
+    }
+}
+
+/// Deepest JSON nesting accepted (serde_json's own recursion limit is 128;
+/// the fast path skips unread values iteratively, so it is checked first).
+const MAX_NESTING: usize = 128;
+
+/// Whether arrays and objects nest deeper than `limit`, ignoring brackets
+/// inside strings. One pass over the bytes, no allocation.
+fn nested_deeper_than(payload: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in payload {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The fields the decoder reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Type,
+    Identity,
+    Guid,
+    Region,
+}
+
+/// A field's value, as much as the decoder needs of it; strings borrow from
+/// the payload where JSON needs no unescaping.
+#[derive(Debug)]
+enum Field<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Array(Vec<Item<'a>>),
+    /// Any other JSON type, by the name used in messages.
+    Other(&'static str),
+}
+
+#[derive(Debug)]
+enum Item<'a> {
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl<'a> Field<'a> {
+    fn from_value(v: &'a Value) -> Field<'a> {
+        match v {
+            Value::Null => Field::Null,
+            Value::String(s) => Field::Str(Cow::Borrowed(s)),
+            Value::Array(items) => Field::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => Item::Str(Cow::Borrowed(s)),
+                        other => Item::Other(json_type(other)),
+                    })
+                    .collect(),
+            ),
+            other => Field::Other(json_type(other)),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Str(_) => "a string",
+            Field::Array(_) => "an array",
+            Field::Other(t) => t,
+        }
+    }
+}
+
+/// Top-level key names when every configured pointer is one segment (`/name`):
+/// the decoder then reads just those keys, without building a JSON tree.
+#[derive(Debug, Clone)]
+struct FlatKeys {
+    names: [Option<String>; 4],
+}
+
+impl FlatKeys {
+    fn from_settings(s: &EventSettings) -> Option<FlatKeys> {
+        let one = |p: &str| -> Result<Option<String>, ()> {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            let name = p.strip_prefix('/').ok_or(())?;
+            if name.contains('/') {
+                return Err(());
+            }
+            Ok(Some(name.replace("~1", "/").replace("~0", "~")))
+        };
+        Some(FlatKeys {
+            names: [
+                one(&s.type_pointer).ok()?,
+                one(&s.identity_pointer).ok()?,
+                one(&s.guid_pointer).ok()?,
+                one(&s.region_pointer).ok()?,
+            ],
+        })
+    }
+
+    fn slot(&self, key: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.as_deref() == Some(key))
+    }
+}
+
+/// The values found for the four keys (the last one wins on repeats, like
+/// serde_json's own maps).
+struct FlatFields<'a> {
+    values: [Option<Field<'a>>; 4],
+}
+
+impl<'a> FlatFields<'a> {
+    fn take(&self, which: Which) -> Option<Field<'a>> {
+        // Fields are read once each; cloning keeps `decide`'s lookups simple.
+        self.values[which as usize].as_ref().map(|f| match f {
+            Field::Null => Field::Null,
+            Field::Str(s) => Field::Str(s.clone()),
+            Field::Array(items) => Field::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Item::Str(s) => Item::Str(s.clone()),
+                        Item::Other(t) => Item::Other(t),
+                    })
+                    .collect(),
+            ),
+            Field::Other(t) => Field::Other(t),
+        })
+    }
+}
+
+struct FlatEvent<'k>(&'k FlatKeys);
+
+impl<'de> DeserializeSeed<'de> for FlatEvent<'_> {
+    type Value = FlatFields<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FlatEvent<'_> {
+    type Value = FlatFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values: [Option<Field<'de>>; 4] = [None, None, None, None];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.0.slot(&key) {
+                Some(i) => values[i] = Some(map.next_value::<Field<'de>>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(FlatFields { values })
+    }
+
+    // Not an object: no field is present (as `Value::pointer` would find).
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(FlatFields::absent())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+}
+
+impl FlatFields<'_> {
+    fn absent() -> Self {
+        FlatFields {
+            values: [None, None, None, None],
+        }
+    }
+}
+
+/// Reads any JSON value into a [`Field`], consuming nested values it does not keep.
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Field::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Field::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Field::Other("a number"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an object"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Field<'de>>()? {
+                    items.push(match item {
+                        Field::Str(s) => Item::Str(s),
+                        other => Item::Other(other.type_name()),
+                    });
+                }
+                Ok(Field::Array(items))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -464,6 +765,85 @@ mod tests {
             reason(&d, br#"{"type":"user-deleted","guid":"g","region":5}"#),
             DeadLetterReason::UnknownRegion
         );
+    }
+
+    #[test]
+    fn fast_path_and_json_tree_path_agree() {
+        let fast = decoder(Some("eu1"));
+        assert!(fast.flat.is_some(), "default pointers are top-level keys");
+        let mut slow = fast.clone();
+        slow.flat = None;
+        let mut corpus: Vec<Vec<u8>> = vec![
+            br#"{"type":"user-deleted","region":"IN1","identity":["u1","u2","u1"],"guid":"g1"}"#
+                .to_vec(),
+            br#"{"type":"user-deleted","identity":"a\"b\u00e9","region":"eu1"}"#.to_vec(),
+            br#"{"type":"user-deleted","identity":["a",[1],{"x":1},null,true,2.5]}"#.to_vec(),
+            br#"{"type":"user-deleted","guid":{"nested":["x"]}}"#.to_vec(),
+            br#"{"type":"user-deleted","guid":"g","region":""}"#.to_vec(),
+            br#"{"type":"user-deleted","guid":"g","region":null}"#.to_vec(),
+            br#"{"type":"user-deleted","guid":"g","region":["eu1"]}"#.to_vec(),
+            br#"{"type":"other","guid":"g"}"#.to_vec(),
+            br#"{"type":7,"guid":"g"}"#.to_vec(),
+            br#"{"type":"user-deleted","guid":"first","guid":"second"}"#.to_vec(),
+            br#"{"type":"user-deleted","identity":[]}"#.to_vec(),
+            br#"["type","user-deleted"]"#.to_vec(),
+            br#""user-deleted""#.to_vec(),
+            b"42".to_vec(),
+            b"null".to_vec(),
+            br#"{"type":"user-deleted","guid":"g"} trailing"#.to_vec(),
+            br#"{"type":"user-deleted","guid":"g","#.to_vec(),
+            format!(
+                "{{\"type\":\"user-deleted\",\"guid\":\"g\",\"deep\":{}{}}}",
+                "[".repeat(150),
+                "]".repeat(150)
+            )
+            .into_bytes(),
+        ];
+        for e in crate::synth::generate(&crate::synth::SynthSpec {
+            count: 300,
+            regions: vec!["eu1".into(), "in1".into(), "mars".into()],
+            ..Default::default()
+        }) {
+            corpus.push(e.payload);
+        }
+        for payload in &corpus {
+            assert_eq!(
+                fast.decode(Some(payload)),
+                slow.decode(Some(payload)),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(!nested_deeper_than(br#"{"a":"[[[[[[[[[["}"#, 3));
+        assert!(!nested_deeper_than(br#"{"a":"\"[[[[[[[[[["}"#, 3));
+        assert!(nested_deeper_than(br#"{"a":[[[1]]]}"#, 3));
+        assert!(!nested_deeper_than(br#"{"a":[[1]],"b":[[2]]}"#, 3));
+    }
+
+    #[test]
+    fn nested_pointers_use_the_json_tree() {
+        let settings = EventSettings {
+            identity_pointer: "/user/id".into(),
+            type_pointer: String::new(),
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        };
+        let regions = vec![RegionAccount {
+            name: RegionName::new("eu1"),
+            account_id: "A".into(),
+            passcode: Secret::new("p"),
+            endpoint: "https://x".into(),
+        }];
+        let d = EventDecoder::new(&settings, &regions);
+        assert!(d.flat.is_none());
+        let Decoded::Delete(req) = d.decode(Some(br#"{"user":{"id":"u7"}}"#)) else {
+            panic!()
+        };
+        assert_eq!(&*req.ids[0].1, "u7");
     }
 
     #[test]

@@ -18,14 +18,17 @@ pub struct DeletionKey {
 }
 
 pub struct RecentlyDeleted {
-    entries: LruCache<DeletionKey, Instant>,
+    entries: LruCache<DeletionKey, Instant, foldhash::fast::RandomState>,
     ttl: Duration,
 }
 
 impl RecentlyDeleted {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         RecentlyDeleted {
-            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least 1")),
+            entries: LruCache::with_hasher(
+                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+                foldhash::fast::RandomState::default(),
+            ),
             ttl,
         }
     }

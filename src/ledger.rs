@@ -2,7 +2,9 @@
 //! deletions are open or in flight, and what each partition may commit.
 //! No I/O here: the pipeline feeds it inputs and carries out what it returns.
 
-use std::collections::HashMap;
+// foldhash: these maps are on the per-event path; SipHash's DoS resistance
+// is not needed for keys that only the broker and CleverTap influence.
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,7 @@ pub enum Finish {
 }
 
 impl Finish {
+    /// In discriminant order, so `ALL[f as usize] == f`.
     pub const ALL: [Finish; 4] = [
         Finish::Deleted,
         Finish::Deduplicated,
@@ -121,12 +124,12 @@ impl Ledger {
     pub fn new(s: LedgerSettings) -> Self {
         Ledger {
             next_event: 0,
-            events: HashMap::new(),
-            deletions: HashMap::new(),
+            events: HashMap::default(),
+            deletions: HashMap::default(),
             recent: RecentlyDeleted::new(s.recent_capacity, s.recent_ttl),
             offsets: OffsetTracker::new(),
             batcher: RegionBatcher::new(s.capacity, s.linger),
-            highest_seen: HashMap::new(),
+            highest_seen: HashMap::default(),
         }
     }
 

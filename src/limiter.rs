@@ -1,23 +1,29 @@
 //! Per-account concurrency limit that adapts to 429s: additive increase after
 //! successes, multiplicative decrease on "too many concurrent requests" (AIMD).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug)]
 struct LimitState {
     limit: f64,
-    in_flight: usize,
+    /// Permits to withhold when they come back (the limit was lowered while
+    /// they were in use).
+    debt: usize,
     last_decrease: Option<Instant>,
 }
 
 /// Never lets more than `max` requests run at once; lowers the limit on 429.
+/// A FIFO semaphore holds the permits, so waiting requests are served in
+/// order and one release wakes one waiter.
 #[derive(Debug, Clone)]
 pub struct AimdLimiter {
+    permits: Arc<Semaphore>,
     state: Arc<Mutex<LimitState>>,
-    released: Arc<Notify>,
+    in_flight: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -27,33 +33,31 @@ const DECREASE_SPACING: Duration = Duration::from_millis(500);
 
 impl AimdLimiter {
     pub fn new(max: usize) -> Self {
+        let max = max.max(1);
         AimdLimiter {
+            permits: Arc::new(Semaphore::new(max)),
             state: Arc::new(Mutex::new(LimitState {
                 limit: max as f64,
-                in_flight: 0,
+                debt: 0,
                 last_decrease: None,
             })),
-            released: Arc::new(Notify::new()),
-            max: max.max(1),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max,
         }
     }
 
     /// Waits for a slot; the slot is held until the permit is dropped.
     pub async fn acquire(&self) -> Permit {
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut s = self.state.lock().expect("limiter lock");
-                if (s.in_flight as f64) < s.limit.floor().max(1.0) {
-                    s.in_flight += 1;
-                    return Permit {
-                        limiter: self.clone(),
-                    };
-                }
-            }
-            notified.await;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Permit {
+            permit: Some(permit),
+            limiter: self.clone(),
         }
     }
 
@@ -61,12 +65,14 @@ impl AimdLimiter {
     pub fn on_success(&self) {
         let mut s = self.state.lock().expect("limiter lock");
         let grown = (s.limit + 1.0 / s.limit).min(self.max as f64);
-        let opened = grown.floor() > s.limit.floor();
-        s.limit = grown;
-        drop(s);
-        if opened {
-            self.released.notify_waiters();
+        if grown.floor() > s.limit.floor() {
+            if s.debt > 0 {
+                s.debt -= 1;
+            } else {
+                self.permits.add_permits(1);
+            }
         }
+        s.limit = grown;
     }
 
     /// A 429: halve the limit (not below 1).
@@ -77,7 +83,11 @@ impl AimdLimiter {
         {
             return;
         }
-        s.limit = (s.limit / 2.0).max(1.0);
+        let lowered = (s.limit / 2.0).max(1.0);
+        let remove = (s.limit.floor() - lowered.floor()) as usize;
+        let forgotten = self.permits.forget_permits(remove);
+        s.debt += remove - forgotten;
+        s.limit = lowered;
         s.last_decrease = Some(now);
     }
 
@@ -86,20 +96,26 @@ impl AimdLimiter {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.state.lock().expect("limiter lock").in_flight
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
 pub struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
     limiter: AimdLimiter,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        self.limiter.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut s = self.limiter.state.lock().expect("limiter lock");
-        s.in_flight -= 1;
-        drop(s);
-        self.limiter.released.notify_waiters();
+        if let Some(permit) = self.permit.take() {
+            if s.debt > 0 {
+                s.debt -= 1;
+                permit.forget();
+            }
+            // Otherwise dropping the permit returns it to the semaphore.
+        }
     }
 }
 
@@ -157,6 +173,27 @@ mod tests {
             l.on_success();
         }
         assert_eq!(l.limit(), 10, "never above the configured maximum");
+    }
+
+    #[tokio::test]
+    async fn lowering_while_requests_run_takes_effect_as_they_finish() {
+        let l = AimdLimiter::new(4);
+        let held: Vec<Permit> = futures::future::join_all((0..4).map(|_| l.acquire())).await;
+        l.on_overload(Instant::now());
+        assert_eq!(l.limit(), 2);
+        drop(held);
+        let a = l.acquire().await;
+        let b = l.acquire().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        assert!(third.is_err(), "only 2 slots after the decrease");
+        drop((a, b));
+        // Growing back returns slots.
+        for _ in 0..20 {
+            l.on_success();
+        }
+        let now: Vec<Permit> = futures::future::join_all((0..4).map(|_| l.acquire())).await;
+        assert_eq!(now.len(), 4);
+        assert_eq!(l.in_flight(), 4);
     }
 
     #[tokio::test]

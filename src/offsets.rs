@@ -3,7 +3,9 @@
 //! Nothing else is ever committed, so a later success can never move the
 //! commit past an earlier failure.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// A topic and partition.

@@ -21,7 +21,7 @@ use crate::decode::{DeadLetterReason, EventDecoder};
 use crate::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
 use crate::health::Health;
 use crate::ids::RegionName;
-use crate::ledger::{EventId, Ledger, LedgerSettings, Progress};
+use crate::ledger::{EventId, Finish, Ledger, LedgerSettings, Progress};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
 use crate::source::{self, SourceCommand, SourceEvent, SourceSettings};
@@ -173,6 +173,8 @@ pub async fn run(
         recent_ttl: Duration::from_secs(s.dedup.recent_ttl_secs),
     });
     let max_events = s.pipeline.max_events_in_memory;
+    let finished_counters =
+        Finish::ALL.map(|f| metrics.events_finished.with_label_values(&[f.as_str()]));
     let mut coordinator = Coordinator {
         ledger,
         dispatcher,
@@ -185,9 +187,10 @@ pub async fn run(
         metrics,
         health: health.clone(),
         paused: false,
+        finished_counters,
         intake_held,
         pause_at: max_events,
-        resume_at: max_events * 3 / 4,
+        resume_at: max_events / 2,
         revoking: None,
         drain_timeout,
         dry_run: s.api.dry_run,
@@ -256,6 +259,8 @@ struct Coordinator {
     metrics: Metrics,
     health: Health,
     paused: bool,
+    /// `events_finished_total` by outcome, looked up once (per-event path).
+    finished_counters: [prometheus::IntCounter; 4],
     /// Shared with the consumer thread: set while too many events are held.
     intake_held: Arc<std::sync::atomic::AtomicBool>,
     pause_at: usize,
@@ -466,10 +471,7 @@ impl Coordinator {
             self.dispatcher.dispatch(batch);
         }
         for outcome in progress.finished {
-            self.metrics
-                .events_finished
-                .with_label_values(&[outcome.as_str()])
-                .inc();
+            self.finished_counters[outcome as usize].inc();
         }
         if !progress.deleted_timestamps_ms.is_empty() {
             let now_ms = SystemTime::now()
