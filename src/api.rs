@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 
 use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
@@ -95,20 +94,33 @@ pub enum Verdict {
     Held { status: u16 },
 }
 
-#[derive(Deserialize)]
+/// The fields of an answer body the classifier reads. Each is read on its
+/// own, so an odd `error` (a number, `false`, an object) does not hide a
+/// `"status": "success"` (found by tests/fuzz_classify.rs).
 struct StatusBody {
     status: Option<String>,
     error: Option<String>,
 }
 
+impl StatusBody {
+    fn parse(body: &[u8]) -> Option<StatusBody> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        Some(StatusBody {
+            status: text("status"),
+            error: text("error"),
+        })
+    }
+}
+
 /// The longest API message carried into dead-letter headers.
-const MAX_MESSAGE_CHARS: usize = 300;
+pub const MAX_MESSAGE_CHARS: usize = 300;
 
 fn api_message(body: &[u8], status: u16) -> String {
-    let parsed: Option<StatusBody> = serde_json::from_slice(body).ok();
-    let text = match parsed.and_then(|b| b.error) {
-        Some(e) => e,
-        None => format!("HTTP {status}"),
+    // A blank message says nothing: the status at least does.
+    let text = match StatusBody::parse(body).and_then(|b| b.error) {
+        Some(e) if !e.trim().is_empty() => e,
+        _ => format!("HTTP {status}"),
     };
     text.chars().take(MAX_MESSAGE_CHARS).collect()
 }
@@ -136,8 +148,7 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
     };
     match reply.status {
         200..=299 => {
-            let body: Option<StatusBody> = serde_json::from_slice(&reply.body).ok();
-            match body.and_then(|b| b.status) {
+            match StatusBody::parse(&reply.body).and_then(|b| b.status) {
                 Some(s) if s.eq_ignore_ascii_case("success") => Verdict::Deleted,
                 // An explicit failure in a 2xx: treat like a 400 so bad ids are isolated.
                 Some(s) if s.eq_ignore_ascii_case("fail") => Verdict::Rejected {
@@ -416,6 +427,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_odd_error_field_does_not_hide_success() {
+        // Found by tests/fuzz_classify.rs: `error` used to have to be a string.
+        for body in [
+            r#"{"error":false,"status":"success"}"#,
+            r#"{"status":"success","error":{"code":0}}"#,
+            r#"{"status":"success","error":null,"processed":3}"#,
+        ] {
+            assert_eq!(classify(&reply(200, body)), Verdict::Deleted, "{body}");
+        }
+        assert_eq!(
+            classify(&reply(400, r#"{"status":"fail","error":17}"#)),
+            Verdict::Rejected {
+                message: "HTTP 400".into()
+            }
+        );
+        // Found by the same test: an empty message became an empty detail.
+        assert_eq!(
+            classify(&reply(200, r#"{"status":"fail","error":" "}"#)),
+            Verdict::Rejected {
+                message: "HTTP 200".into()
+            }
+        );
     }
 
     #[test]

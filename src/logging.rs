@@ -8,8 +8,11 @@ pub fn init(format: &str, level: &str) {
         // librdkafka's own logs come through `rdkafka` targets; keep them at warn.
         EnvFilter::new(format!("{level},rdkafka=warn"))
     });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal, not in files or log collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()

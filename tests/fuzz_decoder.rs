@@ -1,0 +1,614 @@
+//! Property tests ("fuzzing" on stable) of the event decoder: it never panics,
+//! whatever the bytes, and its verdicts respect the configured limits.
+//!
+//! Each test runs a fixed number of cases (20,000 for arbitrary bytes) in
+//! `cargo test`; `PROPTEST_CASES` overrides them all for a longer run:
+//!
+//! ```sh
+//! PROPTEST_CASES=1000000 cargo test --release --test fuzz_decoder -- --nocapture
+//! ```
+//!
+//! Every test prints how many inputs it ran. A failing input is shrunk to a
+//! minimal one and printed; add it to the regression tests at the end.
+
+use std::collections::HashSet;
+
+use clevertap_deleter::config::{EventSettings, RegionAccount};
+use clevertap_deleter::decode::{DeadLetterReason, Decoded, EventDecoder};
+use clevertap_deleter::ids::RegionName;
+use clevertap_deleter::secret::Secret;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::Value;
+
+const MAX_MESSAGE_BYTES: usize = 512;
+const MAX_ID_BYTES: usize = 16;
+const MAX_IDS: usize = 5;
+const REGIONS: [&str; 3] = ["eu1", "in1", "us1"];
+
+fn decoder(default_region: Option<&str>, max_message_bytes: usize) -> EventDecoder {
+    let settings = EventSettings {
+        default_region: default_region.map(str::to_string),
+        max_message_bytes,
+        max_id_bytes: MAX_ID_BYTES,
+        max_ids_per_event: MAX_IDS,
+        ..EventSettings::default()
+    };
+    let regions: Vec<RegionAccount> = REGIONS
+        .iter()
+        .map(|n| RegionAccount {
+            name: RegionName::new(n),
+            account_id: "A".into(),
+            passcode: Secret::new("p"),
+            endpoint: "https://x".into(),
+        })
+        .collect();
+    EventDecoder::new(&settings, &regions)
+}
+
+/// `PROPTEST_CASES` if set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `check` on `cases` inputs (no failure file: failures are printed and
+/// become regression tests here), and reports how many ran.
+fn run<S: Strategy>(
+    name: &str,
+    default_cases: u32,
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let mut cases = cases(default_cases);
+    if name == "deep nesting" {
+        cases = cases.min(10_000);
+    }
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config.clone());
+    let executed = std::sync::atomic::AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    let result = runner.run(&strategy, |input| {
+        executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        check(input)
+    });
+    eprintln!(
+        "{name}: {} executions ({} cases) in {:?}",
+        executed.into_inner(),
+        config.cases,
+        started.elapsed()
+    );
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+}
+
+/// The invariants of any verdict for `payload`.
+fn check_verdict(
+    payload: &[u8],
+    verdict: &Decoded,
+    max_message_bytes: usize,
+) -> Result<(), TestCaseError> {
+    if payload.is_empty() {
+        prop_assert!(
+            matches!(verdict, Decoded::DeadLetter(r) if r.reason == DeadLetterReason::Empty)
+        );
+    }
+    let too_large = payload.len() > max_message_bytes;
+    if let Decoded::DeadLetter(r) = verdict {
+        prop_assert_eq!(r.reason == DeadLetterReason::TooLarge, too_large);
+        prop_assert_ne!(r.reason, DeadLetterReason::ApiRejected);
+        prop_assert!(r.detail.len() <= 200, "detail too long: {}", r.detail);
+        if r.reason == DeadLetterReason::NotUtf8 {
+            prop_assert!(std::str::from_utf8(payload).is_err());
+        }
+    } else {
+        prop_assert!(!too_large);
+        prop_assert!(std::str::from_utf8(payload).is_ok());
+    }
+    if let Decoded::Delete(req) = verdict {
+        prop_assert!(!req.ids.is_empty() && req.ids.len() <= MAX_IDS);
+        let mut seen = HashSet::new();
+        for (kind, id) in &req.ids {
+            prop_assert!(!id.trim().is_empty());
+            prop_assert!(id.len() <= MAX_ID_BYTES);
+            prop_assert!(seen.insert((*kind, id.to_string())), "repeated id");
+        }
+        prop_assert!(REGIONS.contains(&req.region.as_str()));
+    }
+    Ok(())
+}
+
+#[test]
+fn arbitrary_bytes_never_panic_and_respect_the_limits() {
+    let with_default = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
+    let without = decoder(None, MAX_MESSAGE_BYTES);
+    run(
+        "arbitrary bytes",
+        20_000,
+        prop::collection::vec(any::<u8>(), 0..(2 * MAX_MESSAGE_BYTES)),
+        |payload| {
+            for d in [&with_default, &without] {
+                check_verdict(&payload, &d.decode(Some(&payload)), MAX_MESSAGE_BYTES)?;
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Any JSON value: scalars, arrays, objects, with the field names the
+/// decoder looks for, nested up to 8 levels.
+fn json_value() -> impl Strategy<Value = Value> {
+    let word = prop::sample::select(vec![
+        "user-deleted",
+        "user-created",
+        "eu1",
+        "IN1",
+        " us1 ",
+        "mars",
+        "",
+        "  ",
+        "u1",
+        "u2",
+        "0123456789abcdefX",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ".{0,24}".prop_map(Value::String),
+        word.prop_map(|w| Value::String(w.to_string())),
+    ];
+    let key = prop_oneof![
+        prop::sample::select(vec!["type", "region", "identity", "guid", "user", "id"])
+            .prop_map(str::to_string),
+        ".{0,8}",
+    ];
+    leaf.prop_recursive(8, 256, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..8)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+#[test]
+fn arbitrary_json_values_never_panic_and_respect_the_limits() {
+    let d = decoder(Some("eu1"), 1 << 20);
+    let without = decoder(None, MAX_MESSAGE_BYTES);
+    run("arbitrary JSON values", 5_000, json_value(), |value| {
+        let payload = serde_json::to_vec(&value).unwrap();
+        check_verdict(&payload, &d.decode(Some(&payload)), 1 << 20)?;
+        check_verdict(&payload, &without.decode(Some(&payload)), MAX_MESSAGE_BYTES)?;
+        Ok(())
+    });
+}
+
+/// An id field: missing, null, a string, an array, or a wrong type.
+fn id_field(id: BoxedStrategy<String>) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Value::Null)),
+        id.clone().prop_map(|s| Some(Value::String(s))),
+        prop::collection::vec(id, 0..8)
+            .prop_map(|v| Some(Value::Array(v.into_iter().map(Value::String).collect()))),
+        any::<i32>().prop_map(|n| Some(Value::from(n))),
+        Just(Some(serde_json::json!({"id": "x"}))),
+        Just(Some(serde_json::json!(["ok", 1]))),
+    ]
+    .boxed()
+}
+
+/// Events shaped like the real ones, with distinctive ids (at least 10
+/// characters, so a detail that repeated one would be noticed).
+fn event() -> impl Strategy<Value = (Value, Vec<String>)> {
+    let id = prop_oneof![
+        4 => "[a-zA-Z0-9-]{10,16}",
+        1 => "[a-zA-Z0-9-]{17,40}",
+        1 => "[ \t]{0,3}",
+    ]
+    .boxed();
+    (
+        prop_oneof![
+            6 => Just(Some("user-deleted")),
+            1 => Just(Some("user-created")),
+            1 => Just(None),
+        ],
+        prop::option::of(prop_oneof![
+            prop::sample::select(vec!["eu1", "IN1", " us1 ", "mars", "", " "])
+                .prop_map(|s| Value::String(s.into())),
+            Just(Value::Null),
+            any::<i32>().prop_map(Value::from),
+        ]),
+        id_field(id.clone()),
+        id_field(id),
+    )
+        .prop_map(|(ty, region, identity, guid)| {
+            let mut ids = Vec::new();
+            let mut event = serde_json::Map::new();
+            if let Some(t) = ty {
+                event.insert("type".into(), Value::String(t.into()));
+            }
+            if let Some(r) = region {
+                event.insert("region".into(), r);
+            }
+            for (name, field) in [("identity", identity), ("guid", guid)] {
+                if let Some(v) = field {
+                    collect_strings(&v, &mut ids);
+                    event.insert(name.into(), v);
+                }
+            }
+            (Value::Object(event), ids)
+        })
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.len() >= 10 => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn event_shaped_input_respects_the_limits_and_never_names_an_id() {
+    let with_default = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
+    let without = decoder(None, MAX_MESSAGE_BYTES);
+    let outcomes = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    run("event-shaped JSON", 20_000, event(), |(value, ids)| {
+        let payload = serde_json::to_vec(&value).unwrap();
+        for d in [&with_default, &without] {
+            let verdict = d.decode(Some(&payload));
+            check_verdict(&payload, &verdict, MAX_MESSAGE_BYTES)?;
+            let label = match &verdict {
+                Decoded::Delete(_) => "delete".to_string(),
+                Decoded::Skip => "skip".to_string(),
+                Decoded::DeadLetter(r) => {
+                    for id in &ids {
+                        prop_assert!(
+                            !r.detail.contains(id.as_str()),
+                            "detail names an id: {}",
+                            r.detail
+                        );
+                    }
+                    r.reason.as_str().to_string()
+                }
+            };
+            *outcomes.lock().unwrap().entry(label).or_default() += 1;
+            // What the event asks for is what the decoder returns.
+            if let Decoded::Delete(req) = &verdict {
+                for (_, id) in &req.ids {
+                    prop_assert!(payload.windows(id.len()).any(|w| w == id.as_bytes()));
+                }
+            }
+        }
+        Ok(())
+    });
+    let outcomes = outcomes.into_inner().unwrap();
+    eprintln!("event-shaped JSON outcomes: {outcomes:?}");
+    // The generator reaches every decoder branch, not just one.
+    for expected in [
+        "delete",
+        "skip",
+        "no_id",
+        "invalid_id",
+        "id_too_long",
+        "too_many_ids",
+        "no_region",
+        "unknown_region",
+    ] {
+        assert!(
+            outcomes.get(expected).copied().unwrap_or(0) > 0,
+            "no case reached `{expected}`: {outcomes:?}"
+        );
+    }
+}
+
+/// The same event read two ways must get the same verdict: with top-level
+/// pointers (`/type`, ...: the fast path that reads only those keys) and,
+/// wrapped as `{"e": event}`, with nested pointers (`/e/type`, ...: the path
+/// that builds a JSON tree).
+fn tree_decoder(default_region: Option<&str>) -> EventDecoder {
+    let settings = EventSettings {
+        type_pointer: "/e/type".into(),
+        identity_pointer: "/e/identity".into(),
+        guid_pointer: "/e/guid".into(),
+        region_pointer: "/e/region".into(),
+        default_region: default_region.map(str::to_string),
+        max_message_bytes: MAX_MESSAGE_BYTES + 6,
+        max_id_bytes: MAX_ID_BYTES,
+        max_ids_per_event: MAX_IDS,
+        ..EventSettings::default()
+    };
+    let regions: Vec<RegionAccount> = REGIONS
+        .iter()
+        .map(|n| RegionAccount {
+            name: RegionName::new(n),
+            account_id: "A".into(),
+            passcode: Secret::new("p"),
+            endpoint: "https://x".into(),
+        })
+        .collect();
+    EventDecoder::new(&settings, &regions)
+}
+
+/// Nesting depth outside strings (to skip inputs at the nesting limit, where
+/// the wrapper's extra level legitimately changes the verdict).
+fn depth(payload: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in payload {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn same_verdict_both_ways(
+    flat: &EventDecoder,
+    tree: &EventDecoder,
+    payload: &[u8],
+) -> Result<(), TestCaseError> {
+    // Only one JSON document can be wrapped faithfully: `"a","type":"x"` is
+    // not JSON, but `{"e":"a","type":"x"}` is (found by the 5M-case run).
+    if depth(payload) >= 127 || serde_json::from_slice::<Value>(payload).is_err() {
+        return Ok(());
+    }
+    let mut wrapped = b"{\"e\":".to_vec();
+    wrapped.extend_from_slice(payload);
+    wrapped.push(b'}');
+    let a = flat.decode(Some(payload));
+    let b = tree.decode(Some(&wrapped));
+    let summary = |d: &Decoded| match d {
+        Decoded::DeadLetter(r) => format!("dead letter: {}", r.reason),
+        other => format!("{other:?}"),
+    };
+    prop_assert_eq!(
+        summary(&a),
+        summary(&b),
+        "payload {:?}",
+        String::from_utf8_lossy(payload)
+    );
+    Ok(())
+}
+
+#[test]
+fn fast_path_and_json_tree_agree() {
+    let flat = [
+        decoder(Some("eu1"), MAX_MESSAGE_BYTES),
+        decoder(None, MAX_MESSAGE_BYTES),
+    ];
+    let tree = [tree_decoder(Some("eu1")), tree_decoder(None)];
+    let inputs = prop_oneof![
+        4 => event().prop_map(|(v, _)| serde_json::to_vec(&v).unwrap()),
+        2 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        // Hand-written JSON the serializer never produces: repeated keys,
+        // escapes, odd numbers, whitespace, trailing bytes. (Out-of-range
+        // numbers and lone surrogates are a known difference, pinned below.)
+        2 => prop::collection::vec(
+            prop::sample::select(vec![
+                "{", "}", "[", "]", ",", ":", " ", "\"type\"", "\"user-deleted\"",
+                "\"identity\"", "\"guid\"", "\"region\"", "\"eu1\"", "\"u1\"",
+                "\"\\u0074ype\"", "\"user-\\u0064eleted\"", "-0", "1.5",
+                "18446744073709551616", "null", "true", "\"\"", "\"\\u00e9\"",
+            ]),
+            0..24,
+        )
+        .prop_map(|parts| parts.concat().into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    run("fast path vs JSON tree", 20_000, inputs, |payload| {
+        for (f, t) in flat.iter().zip(&tree) {
+            same_verdict_both_ways(f, t, &payload)?;
+        }
+        Ok(())
+    });
+}
+
+/// Nesting far beyond serde_json's recursion limit (128), balanced or not,
+/// arrays, objects and both: refused as not_json, never a stack overflow.
+#[test]
+fn deep_nesting_is_refused_without_overflowing_the_stack() {
+    let d = decoder(Some("eu1"), 4 << 20);
+    // Each case builds up to a few MB of text: PROPTEST_CASES is capped here.
+    run(
+        "deep nesting",
+        300,
+        (0usize..200_000, 0u8..4, any::<bool>()),
+        |(depth, shape, balanced)| {
+            let (open, close) = match shape {
+                0 => ("[".to_string(), "]".to_string()),
+                1 => ("{\"a\":".to_string(), "}".to_string()),
+                2 => ("[{\"guid\":".to_string(), "}]".to_string()),
+                _ => ("{\"identity\":[".to_string(), "]}".to_string()),
+            };
+            let mut text = String::from("{\"type\":\"user-deleted\",\"guid\":\"g\",\"x\":");
+            text.push_str(&open.repeat(depth));
+            text.push('1');
+            if balanced {
+                text.push_str(&close.repeat(depth));
+            }
+            text.push('}');
+            let verdict = d.decode(Some(text.as_bytes()));
+            check_verdict(text.as_bytes(), &verdict, 4 << 20)?;
+            let levels = depth * if shape >= 2 { 2 } else { 1 };
+            if levels > 130 || !balanced && depth > 0 {
+                prop_assert!(
+                    matches!(&verdict, Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson),
+                    "depth {depth} shape {shape}: {verdict:?}"
+                );
+            }
+            if balanced && levels < 100 {
+                prop_assert!(
+                    matches!(verdict, Decoded::Delete(_)),
+                    "depth {depth} shape {shape}: {verdict:?}"
+                );
+            }
+            Ok(())
+        },
+    );
+}
+
+// ---------------------------------------------------------------- regressions
+// Inputs found by the runs above (none so far) and the edges they circle.
+
+#[test]
+fn fast_path_and_json_tree_agree_on_odd_json() {
+    let flat = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
+    let tree = tree_decoder(Some("eu1"));
+    for payload in [
+        &br#"{"type":"user-deleted","guid":"u1","region":1e400}"#[..],
+        br#"{"type":"user-deleted","guid":"u1","x":18446744073709551616}"#,
+        br#"{"type":"user-deleted","guid":"u1","guid":"u2"}"#,
+        br#"{"type":"user-deleted","guid":"u1","type":"user-created"}"#,
+        br#"{"\u0074ype":"user-deleted","guid":"\u0075\u0031"}"#,
+        br#"{"type":"user-deleted","guid":"\ud800"}"#,
+        br#"{"type":"user-deleted","guid":"u1"} "#,
+        br#"{"type":"user-deleted","guid":"u1"}x"#,
+        br#"[{"type":"user-deleted","guid":"u1"}]"#,
+        br#""user-deleted""#,
+        b"null",
+        br#"{"type":"user-deleted","guid":"u1","x":[1,{"a":[]}],"y":{}}"#,
+        br#"{"type":"user-deleted","guid":"u1","x":tru}"#,
+        br#"{"type":"user-deleted","guid":"u1",}"#,
+    ] {
+        let shown = String::from_utf8_lossy(payload);
+        if serde_json::from_slice::<Value>(payload).is_ok() {
+            same_verdict_both_ways(&flat, &tree, payload)
+                .unwrap_or_else(|e| panic!("{shown}: {e}"));
+        } else {
+            // Not one JSON document: refused both ways.
+            let mut wrapped = b"{\"e\":".to_vec();
+            wrapped.extend_from_slice(payload);
+            wrapped.push(b'}');
+            for verdict in [flat.decode(Some(payload)), tree.decode(Some(&wrapped))] {
+                assert!(
+                    matches!(&verdict, Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson),
+                    "{shown}: {verdict:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Found by `fast_path_and_json_tree_agree_on_odd_json`: values the decoder
+/// does not read are skipped by the fast path without the checks serde_json
+/// makes when it builds a tree: a number beyond f64 (`1e400`, `-1e400`) or a
+/// lone surrogate escape (`"\ud800"`, also as a nested key). The fast path
+/// deletes such an event; the JSON-tree path (nested pointers, and every event
+/// before the fast path existed) dead-letters it as `not_json`. Neither loses
+/// anything (a dead letter can be replayed), but the verdict depends on the
+/// pointer settings. Pinned here so a change to either side is noticed; the
+/// property test above leaves these two input classes out.
+#[test]
+fn known_difference_unchecked_values_in_unread_fields() {
+    let flat = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
+    let tree = tree_decoder(Some("eu1"));
+    for payload in [
+        &br#"{"type":"user-deleted","guid":"u1","x":1e400}"#[..],
+        br#"{"type":"user-deleted","guid":"u1","x":-1e400}"#,
+        br#"{"type":"user-deleted","guid":"u1","x":"\ud800"}"#,
+        br#"{"type":"user-deleted","guid":"u1","x":{"\ud800":1}}"#,
+    ] {
+        let shown = String::from_utf8_lossy(payload);
+        assert!(
+            matches!(flat.decode(Some(payload)), Decoded::Delete(_)),
+            "{shown}"
+        );
+        let mut wrapped = b"{\"e\":".to_vec();
+        wrapped.extend_from_slice(payload);
+        wrapped.push(b'}');
+        assert!(
+            matches!(
+                tree.decode(Some(&wrapped)),
+                Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson
+            ),
+            "{shown}"
+        );
+    }
+    // The same values in a field the decoder reads: refused both ways.
+    for payload in [
+        &br#"{"type":"user-deleted","guid":"u1","region":1e400}"#[..],
+        br#"{"type":"user-deleted","guid":["u1","\ud800"]}"#,
+        br#"{"type":"\ud800","guid":"u1"}"#,
+    ] {
+        same_verdict_both_ways(&flat, &tree, payload).unwrap();
+        assert!(matches!(
+            flat.decode(Some(payload)),
+            Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson
+        ));
+    }
+}
+
+#[test]
+fn regression_edges() {
+    let d = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
+    let reason = |payload: &[u8]| match d.decode(Some(payload)) {
+        Decoded::DeadLetter(r) => Some(r.reason),
+        _ => None,
+    };
+    // Exactly at the limits is accepted, one above is not.
+    let at = format!(
+        "{{\"type\":\"user-deleted\",\"identity\":\"{}\"}}",
+        "x".repeat(MAX_ID_BYTES)
+    );
+    assert_eq!(reason(at.as_bytes()), None);
+    let above = format!(
+        "{{\"type\":\"user-deleted\",\"identity\":\"{}\"}}",
+        "x".repeat(MAX_ID_BYTES + 1)
+    );
+    assert_eq!(reason(above.as_bytes()), Some(DeadLetterReason::IdTooLong));
+    // Multi-byte characters count in bytes, not characters.
+    let wide = format!(
+        "{{\"type\":\"user-deleted\",\"identity\":\"{}\"}}",
+        "é".repeat(9)
+    );
+    assert_eq!(reason(wide.as_bytes()), Some(DeadLetterReason::IdTooLong));
+    let mut padded = b"{\"type\":\"user-deleted\",\"guid\":\"g\"}".to_vec();
+    padded.resize(MAX_MESSAGE_BYTES, b' ');
+    assert_eq!(reason(&padded), None);
+    padded.push(b' ');
+    assert_eq!(reason(&padded), Some(DeadLetterReason::TooLarge));
+    // Repeats count once against max_ids_per_event.
+    let repeats = format!(
+        "{{\"type\":\"user-deleted\",\"guid\":[{}]}}",
+        vec!["\"same\""; 50].join(",")
+    );
+    assert_eq!(reason(repeats.as_bytes()), None);
+    // A lone surrogate escape, NUL, a BOM, an unpaired quote.
+    for payload in [
+        &b"{\"type\":\"user-deleted\",\"guid\":\"\\ud800\"}"[..],
+        b"{\"type\":\"user-deleted\",\"guid\":\"a\0b\"}",
+        b"\xef\xbb\xbf{\"type\":\"user-deleted\",\"guid\":\"g\"}",
+        b"\"",
+        b"\0",
+    ] {
+        let _ = d.decode(Some(payload));
+    }
+}
