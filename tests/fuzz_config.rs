@@ -9,44 +9,10 @@
 
 use clevertap_deleter::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn run<S: Strategy>(
-    name: &str,
-    default_cases: u32,
-    strategy: S,
-    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let config = Config {
-        cases: cases(default_cases),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let executed = std::sync::atomic::AtomicU64::new(0);
-    let started = std::time::Instant::now();
-    let result = TestRunner::new(config.clone()).run(&strategy, |input| {
-        executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        check(input)
-    });
-    eprintln!(
-        "{name}: {} executions ({} cases) in {:?}",
-        executed.into_inner(),
-        config.cases,
-        started.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("{name}: {e}");
-    }
-}
+mod fuzz_support;
+use fuzz_support::run;
 
 const PASSCODE: &str = "fuzz-pass-Ww13-8820";
 /// A password inside an endpoint URL, which must not be echoed.

@@ -18,7 +18,10 @@ use clevertap_deleter::decode::{DeadLetterReason, Decoded, EventDecoder};
 use clevertap_deleter::ids::RegionName;
 use clevertap_deleter::secret::Secret;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
+
+mod fuzz_support;
+use fuzz_support::{cases, run, run_cases};
 use serde_json::Value;
 
 const MAX_MESSAGE_BYTES: usize = 512;
@@ -44,51 +47,6 @@ fn decoder(default_region: Option<&str>, max_message_bytes: usize) -> EventDecod
         })
         .collect();
     EventDecoder::new(&settings, &regions)
-}
-
-/// `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `check` on `cases` inputs (no failure file: failures are printed and
-/// become regression tests here), and reports how many ran.
-fn run<S: Strategy>(
-    name: &str,
-    default_cases: u32,
-    strategy: S,
-    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let mut cases = cases(default_cases);
-    if name == "deep nesting" {
-        cases = cases.min(10_000);
-    }
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config.clone());
-    let executed = std::sync::atomic::AtomicU64::new(0);
-    let started = std::time::Instant::now();
-    let result = runner.run(&strategy, |input| {
-        executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        check(input)
-    });
-    eprintln!(
-        "{name}: {} executions ({} cases) in {:?}",
-        executed.into_inner(),
-        config.cases,
-        started.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("{name}: {e}");
-    }
 }
 
 /// The invariants of any verdict for `payload`.
@@ -437,9 +395,9 @@ fn fast_path_and_json_tree_agree() {
 fn deep_nesting_is_refused_without_overflowing_the_stack() {
     let d = decoder(Some("eu1"), 4 << 20);
     // Each case builds up to a few MB of text: PROPTEST_CASES is capped here.
-    run(
+    run_cases(
         "deep nesting",
-        300,
+        cases(300).min(10_000),
         (0usize..200_000, 0u8..4, any::<bool>()),
         |(depth, shape, balanced)| {
             let (open, close) = match shape {
