@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::ids::{IdKind, RegionName};
 use crate::offsets::PartitionId;
-use crate::produce::send_until_acked;
+use crate::produce::{send_until_acked, RecordProducer};
 use crate::secret::Secret;
 
 /// How ids appear in audit records.
@@ -126,13 +125,13 @@ pub fn build_record(
 
 #[derive(Clone)]
 pub struct AuditWriter {
-    producer: FutureProducer,
+    producer: RecordProducer,
     topic: String,
     pub disclosure: IdDisclosure,
 }
 
 impl AuditWriter {
-    pub fn new(producer: FutureProducer, topic: String, disclosure: IdDisclosure) -> Self {
+    pub fn new(producer: RecordProducer, topic: String, disclosure: IdDisclosure) -> Self {
         AuditWriter {
             producer,
             topic,

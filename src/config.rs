@@ -99,6 +99,10 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub topics: Vec<String>,
     pub group_id: String,
+    /// Static membership (KIP-345): a stable id per replica, e.g. the pod
+    /// name from `CLEVERTAP_DELETER__KAFKA__GROUP_INSTANCE_ID`. A restarted
+    /// replica gets its partitions back without a rebalance.
+    pub group_instance_id: Option<String>,
     pub dlq_topic: String,
     /// One audit record per finished deletion request; unset: no audit records.
     pub audit_topic: Option<String>,
@@ -144,6 +148,7 @@ impl fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("topics", &self.topics)
             .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
             .field("dlq_topic", &self.dlq_topic)
             .field("audit_topic", &self.audit_topic)
             .field("properties", &self.redacted_properties())
@@ -158,6 +163,7 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
             topics: vec!["user-deleted".into()],
             group_id: "clevertap-deleter".into(),
+            group_instance_id: None,
             dlq_topic: "user-deleted.dlq".into(),
             audit_topic: None,
             properties: BTreeMap::new(),
@@ -457,6 +463,20 @@ pub fn validate_with_env(
     }
     if k.group_id.trim().is_empty() {
         return Err(ConfigError::new("kafka.group_id", "must not be empty"));
+    }
+    if let Some(id) = &k.group_instance_id {
+        if id.trim().is_empty() {
+            return Err(ConfigError::new(
+                "kafka.group_instance_id",
+                "must not be empty when set (leave it out for dynamic membership)",
+            ));
+        }
+        if k.properties.contains_key("group.instance.id") {
+            return Err(ConfigError::new(
+                "kafka.group_instance_id",
+                "is set twice: also in kafka.properties.\"group.instance.id\"; keep one",
+            ));
+        }
     }
     if k.dlq_topic.trim().is_empty() {
         return Err(ConfigError::new("kafka.dlq_topic", "must not be empty"));
@@ -953,6 +973,38 @@ mod tests {
         );
         let e = from_toml(&format!("{MINIMAL}\n[batch]\nmax_ids = \"many\"")).unwrap_err();
         assert!(e.to_string().contains("max_ids"), "{e}");
+        assert_eq!(
+            err_key(&format!("{MINIMAL}\n[kafka]\ngroup_instance_id = \" \"")),
+            "kafka.group_instance_id"
+        );
+        assert_eq!(
+            err_key(&format!(
+                "{MINIMAL}\n[kafka]\ngroup_instance_id = \"pod-0\"\n\
+                 [kafka.properties]\n\"group.instance.id\" = \"pod-1\""
+            )),
+            "kafka.group_instance_id"
+        );
+    }
+
+    #[test]
+    fn group_instance_id_reaches_the_consumer_only() {
+        let c = from_toml(&format!(
+            "{MINIMAL}\n[kafka]\ngroup_instance_id = \"pod-0\""
+        ))
+        .unwrap();
+        assert_eq!(
+            crate::pipeline::consumer_config(&c).get("group.instance.id"),
+            Some("pod-0")
+        );
+        assert_eq!(
+            crate::pipeline::producer_config(&c).get("group.instance.id"),
+            None
+        );
+        let dynamic = from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            crate::pipeline::consumer_config(&dynamic).get("group.instance.id"),
+            None
+        );
     }
 
     #[test]

@@ -4,10 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
 
 use crate::ledger::DeadLetterOrder;
-use crate::produce::send_until_acked;
+use crate::produce::{send_until_acked, RecordProducer};
 
 /// Header names on every dead-letter record.
 pub mod headers {
@@ -23,12 +22,12 @@ pub mod headers {
 
 #[derive(Clone)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: RecordProducer,
     topic: String,
 }
 
 impl DeadLetterWriter {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: RecordProducer, topic: String) -> Self {
         DeadLetterWriter { producer, topic }
     }
 

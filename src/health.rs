@@ -5,7 +5,17 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use rdkafka::statistics::Statistics;
+
 use crate::metrics::Metrics;
+
+/// True when a client's statistics show at least one broker connected.
+pub fn any_broker_up(stats: &Statistics) -> bool {
+    stats
+        .brokers
+        .values()
+        .any(|b| b.nodeid >= 0 && b.state == "UP")
+}
 
 #[derive(Clone)]
 pub struct Health {

@@ -5,8 +5,9 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber once; later calls are ignored (tests).
 pub fn init(format: &str, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // librdkafka's own logs come through `rdkafka` targets; keep them at warn.
-        EnvFilter::new(format!("{level},rdkafka=warn"))
+        // The rdkafka crate logs under `rdkafka::*`, and forwards librdkafka's
+        // own log lines under the `librdkafka` target; keep both at warn.
+        EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn"))
     });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, oneshot};
 
 use std::collections::HashMap;
@@ -24,6 +23,7 @@ use crate::ids::RegionName;
 use crate::ledger::{EventId, Finish, Ledger, LedgerSettings, Progress};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
+use crate::produce::{BrokerWatch, RecordProducer};
 use crate::source::{self, SourceCommand, SourceEvent, SourceSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // fetching again (default 1000 ms): with a bound this small that wait,
         // not the broker, would set the pace.
         .set("fetch.queue.backoff.ms", "20");
+    if let Some(id) = &k.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }
@@ -73,7 +76,9 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c.set("bootstrap.servers", &k.brokers)
         .set("client.id", "clevertap-deleter-dlq")
         .set("enable.idempotence", "true")
-        .set("acks", "all");
+        .set("acks", "all")
+        // Its statistics tell readiness the cluster is back (see BrokerWatch).
+        .set("statistics.interval.ms", "5000");
     for (key, value) in &k.properties {
         if !is_consumer_only(key) {
             c.set(key, value);
@@ -112,8 +117,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
     let s = &config.settings;
-    let producer: FutureProducer = producer_config(&config)
-        .create()
+    let producer: RecordProducer = producer_config(&config)
+        .create_with_context(BrokerWatch::new(health.clone()))
         .map_err(PipelineError::KafkaConfig)?;
     let dead_letters = DeadLetterWriter::new(producer.clone(), s.kafka.dlq_topic.clone());
     // A dry run writes nothing to Kafka, audit records included.

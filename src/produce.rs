@@ -4,11 +4,50 @@
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
 
 use crate::backoff::Backoff;
+use crate::health::{any_broker_up, Health};
+
+/// The producer the dead-letter and audit writers share.
+pub type RecordProducer = FutureProducer<BrokerWatch>;
+
+/// Reports the producer's view of the cluster to readiness. The producer's
+/// callbacks run on its own polling thread, so an outage is reported at once
+/// even while the consumer thread is blocked in a commit that waits for the
+/// coordinator. It reports "up" only from positive evidence (a broker UP in
+/// its statistics): an idle producer may hold no connection at all.
+pub struct BrokerWatch {
+    health: Health,
+}
+
+impl BrokerWatch {
+    pub fn new(health: Health) -> Self {
+        BrokerWatch { health }
+    }
+}
+
+impl ClientContext for BrokerWatch {
+    fn stats(&self, stats: Statistics) {
+        if any_broker_up(&stats) {
+            self.health.set_kafka_connected(true);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_connected(false);
+            tracing::error!(%reason, client = "producer", "all Kafka brokers are down");
+        } else {
+            tracing::warn!(error = %error, %reason, client = "producer", "Kafka client error");
+        }
+    }
+}
 
 const BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(100),
@@ -18,7 +57,7 @@ const BACKOFF: Backoff = Backoff {
 /// Produces until acknowledged, with backoff between attempts. `what` names
 /// the record in warnings (never its content).
 pub async fn send_until_acked(
-    producer: &FutureProducer,
+    producer: &RecordProducer,
     topic: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,

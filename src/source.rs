@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::decode::{Decoded, EventDecoder};
-use crate::health::Health;
+use crate::health::{any_broker_up, Health};
 use crate::ledger::RawRecord;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
@@ -91,6 +91,10 @@ struct SourceContext {
     stopping: AtomicBool,
     paused: AtomicBool,
     revoke_timeout: Duration,
+    /// `group.instance.id` is set: on stop, close without unsubscribing, so
+    /// no LeaveGroup is sent and a restart within the session timeout gets
+    /// the same partitions back with no rebalance.
+    static_member: bool,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -157,11 +161,7 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
-        let up = stats
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.health.set_kafka_connected(up);
+        self.health.set_kafka_connected(any_broker_up(&stats));
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -260,6 +260,10 @@ pub fn start(
         stopping: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         revoke_timeout: settings.revoke_timeout,
+        static_member: settings
+            .client_config
+            .get("group.instance.id")
+            .is_some_and(|id| !id.is_empty()),
     };
     let consumer: BaseConsumer<SourceContext> =
         settings.client_config.create_with_context(context)?;
@@ -435,9 +439,13 @@ fn carry_out(
             let owned = owned_only(consumer, &final_commit);
             consumer.context().commit_sync(consumer, &owned);
             consumer.context().stopping.store(true, Ordering::Relaxed);
-            consumer.unsubscribe();
-            // Serve the unsubscribe's revoke so the group sees us leave.
-            let _ = consumer.poll(Duration::from_millis(100));
+            // librdkafka sends LeaveGroup on unsubscribe even for a static
+            // member; closing (when the consumer is dropped) does not.
+            if !consumer.context().static_member {
+                consumer.unsubscribe();
+                // Serve the unsubscribe's revoke so the group sees us leave.
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
             let _ = done.send(());
             return Flow::Stopped;
         }

@@ -376,6 +376,11 @@ fn environment_string_values_are_kept_verbatim() {
         (ENV_PASSCODE, "env-pass-Kx81-77aa"),
         ("CLEVERTAP_DELETER__KAFKA__GROUP_ID", "0042"),
         ("CLEVERTAP_DELETER__REGIONS__EU1__ACCOUNT_ID", "0123"),
+        // Static membership from the pod name (see README).
+        (
+            "CLEVERTAP_DELETER__KAFKA__GROUP_INSTANCE_ID",
+            "clevertap-deleter-0",
+        ),
     ];
     let out = check_config(NO_PASSCODE, &envs);
     assert_eq!(out.code(), Some(0), "{}", out.all());
@@ -389,6 +394,12 @@ fn environment_string_values_are_kept_verbatim() {
     assert_eq!(
         toml_str(&shown, &["regions", "eu1", "account_id"]),
         "0123",
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        toml_str(&shown, &["kafka", "group_instance_id"]),
+        "clevertap-deleter-0",
         "{}",
         out.all()
     );
@@ -458,17 +469,6 @@ fn run_with_an_unknown_kafka_property_exits_2() {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
-}
-
-/// Sum of every series of a metric family, e.g. all reasons of dead_letters_total.
-fn metric_sum(text: &str, family: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {

@@ -276,17 +276,6 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Sum of every series of a metric family.
-fn metric_sum(text: &str, family: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Polls `check` (blocking) until true, or panics with `what` and `context()`.
 fn wait_until(
     what: &str,

@@ -256,6 +256,18 @@ listen = "127.0.0.1:0"
     merge_toml(&base, extra)
 }
 
+/// Sum of every series of a metric family (all label values), e.g. all
+/// reasons of dead_letters_total.
+pub fn metric_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Overlays `extra` (TOML tables) on `base`, table by table.
 pub fn merge_toml(base: &str, extra: &str) -> String {
     fn merge(into: &mut toml::Table, from: toml::Table) {
