@@ -120,7 +120,9 @@ pub fn target() -> Option<Target> {
             }
             let explicit_tansu = std::env::var_os("TANSU_BIN").is_some_and(|b| !b.is_empty());
             if !explicit_tansu && docker_answers() {
-                println!("e2e: Docker answers: one apache/kafka container per test (testcontainers)");
+                println!(
+                    "e2e: Docker answers: one apache/kafka container per test (testcontainers)"
+                );
                 return Some(Target::Docker);
             }
             if let Some(bin) = tansu_bin() {

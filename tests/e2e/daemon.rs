@@ -15,8 +15,8 @@ use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Fau
 use clevertap_deleter::ids::IdKind;
 
 use super::broker::{free_port, signal};
-use crate::common::{self, account_id, merge_toml, passcode, REGIONS};
 pub use crate::common::metric_sum;
+use crate::common::{self, account_id, merge_toml, passcode, REGIONS};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 
