@@ -145,12 +145,18 @@ fn plain_consumer(brokers: &str, topic: &str, total: usize) -> f64 {
     first.map_or(0.0, |f| f.elapsed().as_secs_f64())
 }
 
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// Reads a group's committed offsets. One client per case, reused: creating
+/// a librdkafka client per poll costs threads, connections and a coordinator
+/// lookup, on the same two cores as the daemon being measured.
+fn committed_reader(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
-        .expect("consumer");
+        .expect("consumer")
+}
+
+fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Vec<i64> {
     let offsets = {
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
@@ -168,7 +174,6 @@ fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i6
         drop(got);
         v
     };
-    drop(consumer);
     offsets
 }
 
@@ -245,6 +250,7 @@ fn daemon(
     );
     let pid = child.0.id().to_string();
     let consumed = format!("clevertap_deleter_events_consumed_total{{topic=\"{topic}\"}}");
+    let reader = committed_reader(brokers, group);
     let started = Instant::now();
     let mut first: Option<Instant> = None;
     loop {
@@ -259,7 +265,7 @@ fn daemon(
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        if committed(brokers, group, topic, partitions) == end {
+        if committed(&reader, topic, partitions) == end {
             break;
         }
         std::thread::sleep(Duration::from_millis(25));

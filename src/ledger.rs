@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::batch::{BatchCapacity, DeleteBatch, RegionBatcher};
 use crate::decode::{DeadLetterReason, Decoded, Rejection};
-use crate::dedup::{DeletionKey, RecentlyDeleted};
+use crate::dedup::{Admission, DeletionKey, DeletionTable};
 use crate::ids::{IdKind, RegionName};
 use crate::offsets::{OffsetTracker, PartitionId};
 
@@ -85,9 +85,9 @@ pub struct Progress {
     pub deleted_timestamps_ms: Vec<i64>,
     /// Acknowledgements for events whose partition was revoked meanwhile.
     pub late_acks: u64,
-    /// The record was read before by this process (a rebalance gave its
-    /// partition back, or the consumer re-read it): a duplicate delivery.
-    pub redelivered: bool,
+    /// Records read before by this process (a rebalance gave their
+    /// partition back, or the consumer re-read them): duplicate deliveries.
+    pub redelivered: u64,
 }
 
 #[derive(Debug)]
@@ -111,9 +111,9 @@ pub struct LedgerSettings {
 pub struct Ledger {
     next_event: EventId,
     events: HashMap<EventId, PendingEvent>,
-    /// Deletions open in a batch or in flight, with the events waiting on each.
-    deletions: HashMap<DeletionKey, Vec<EventId>>,
-    recent: RecentlyDeleted,
+    /// Deletions open in a batch or in flight, with the events waiting on
+    /// each, and the recently confirmed ones.
+    deletions: DeletionTable<EventId>,
     offsets: OffsetTracker,
     batcher: RegionBatcher,
     /// Highest offset admitted per partition in this process; survives revokes.
@@ -125,8 +125,7 @@ impl Ledger {
         Ledger {
             next_event: 0,
             events: HashMap::default(),
-            deletions: HashMap::default(),
-            recent: RecentlyDeleted::new(s.recent_capacity, s.recent_ttl),
+            deletions: DeletionTable::new(s.recent_capacity, s.recent_ttl),
             offsets: OffsetTracker::new(),
             batcher: RegionBatcher::new(s.capacity, s.linger),
             highest_seen: HashMap::default(),
@@ -143,8 +142,23 @@ impl Ledger {
         now: Instant,
     ) -> Progress {
         let mut progress = Progress::default();
+        self.admit_into(partition, offset, record, decoded, now, &mut progress);
+        progress
+    }
+
+    /// [`Ledger::admit`], adding to `progress`: one `Progress` can collect a
+    /// whole chunk of records.
+    pub fn admit_into(
+        &mut self,
+        partition: &PartitionId,
+        offset: i64,
+        record: RawRecord,
+        decoded: Decoded,
+        now: Instant,
+        progress: &mut Progress,
+    ) {
         match self.highest_seen.get_mut(partition) {
-            Some(highest) if offset <= *highest => progress.redelivered = true,
+            Some(highest) if offset <= *highest => progress.redelivered += 1,
             Some(highest) => *highest = offset,
             None => {
                 self.highest_seen.insert(partition.clone(), offset);
@@ -155,14 +169,14 @@ impl Ledger {
             Decoded::Skip => {
                 self.offsets.finish(partition, offset);
                 progress.finished.push(Finish::Skipped);
-                return progress;
+                return;
             }
             Decoded::DeadLetter(rejection) => {
                 let event = self.insert(partition, offset, record, now);
                 let pending = self.events.get_mut(&event).expect("just inserted");
                 pending.rejection = Some(rejection);
-                self.dead_letter_if_done(event, &mut progress);
-                return progress;
+                self.dead_letter_if_done(event, progress);
+                return;
             }
             Decoded::Delete(request) => request,
         };
@@ -176,25 +190,24 @@ impl Ledger {
                 kind,
                 id,
             };
-            if let Some(waiters) = self.deletions.get_mut(&key) {
-                waiters.push(event);
-                remaining += 1;
-            } else if !self.recent.contains(&key, now) {
-                if let Some(full) = self.batcher.push(&key.region, kind, key.id.clone(), now) {
-                    progress.batches.push(full);
+            match self.deletions.admit(&key, event, now) {
+                Admission::Joined => remaining += 1,
+                Admission::AlreadyDeleted => {}
+                Admission::Requested => {
+                    if let Some(full) = self.batcher.push(&key.region, kind, key.id, now) {
+                        progress.batches.push(full);
+                    }
+                    remaining += 1;
+                    requested = true;
                 }
-                self.deletions.insert(key, vec![event]);
-                remaining += 1;
-                requested = true;
             }
         }
         let pending = self.events.get_mut(&event).expect("just inserted");
         pending.remaining = remaining;
         pending.requested_deletion = requested;
         if remaining == 0 {
-            self.finish(event, Finish::Deduplicated, &mut progress);
+            self.finish(event, Finish::Deduplicated, progress);
         }
-        progress
     }
 
     fn insert(
@@ -230,9 +243,7 @@ impl Ledger {
                 kind: batch.kind(),
                 id: id.clone(),
             };
-            let waiters = self.deletions.remove(&key).unwrap_or_default();
-            self.recent.remember(key, now);
-            for event in waiters {
+            for event in self.deletions.confirm(key, now) {
                 self.resolve_one(event, None, &mut progress);
             }
         }
@@ -254,7 +265,7 @@ impl Ledger {
                 kind,
                 id: id.clone(),
             };
-            for event in self.deletions.get(&key).into_iter().flatten() {
+            for event in self.deletions.waiters(&key) {
                 if let Some(e) = self.events.get(event) {
                     sources.push((e.partition.clone(), e.offset));
                 }
@@ -283,7 +294,7 @@ impl Ledger {
             reason: DeadLetterReason::ApiRejected,
             detail: format!("CleverTap rejected this {kind}: {message}"),
         };
-        for event in self.deletions.remove(&key).unwrap_or_default() {
+        for event in self.deletions.reject(&key) {
             self.resolve_one(event, Some(rejection.clone()), &mut progress);
         }
         progress
@@ -424,7 +435,7 @@ impl Ledger {
     }
 
     pub fn deletions_pending(&self) -> usize {
-        self.deletions.len()
+        self.deletions.open_len()
     }
 }
 
@@ -547,23 +558,27 @@ mod tests {
         let p = PartitionId::new("t", 0);
         let mut l = ledger(10);
         let now = Instant::now();
-        assert!(
-            !l.admit(&p, 0, RawRecord::default(), Decoded::Skip, now)
-                .redelivered
+        assert_eq!(
+            l.admit(&p, 0, RawRecord::default(), Decoded::Skip, now)
+                .redelivered,
+            0
         );
-        assert!(
-            !l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
-                .redelivered
+        assert_eq!(
+            l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
+                .redelivered,
+            0
         );
         l.revoke(std::slice::from_ref(&p));
         l.assign(p.clone());
-        assert!(
+        assert_eq!(
             l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
-                .redelivered
+                .redelivered,
+            1
         );
-        assert!(
-            !l.admit(&p, 2, RawRecord::default(), Decoded::Skip, now)
-                .redelivered
+        assert_eq!(
+            l.admit(&p, 2, RawRecord::default(), Decoded::Skip, now)
+                .redelivered,
+            0
         );
     }
 

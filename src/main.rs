@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use clevertap_deleter::cli::{main_with, Cli};
 
+// Records are allocated on the consumer thread and freed on the coordinator
+// thread; glibc's malloc pays for that cross-thread traffic (measured in
+// benches/core.rs and the throughput benchmark, see README "Performance").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     main_with(Cli::parse())
 }

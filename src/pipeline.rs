@@ -434,17 +434,23 @@ impl Coordinator {
         match event {
             SourceEvent::Records(records) => {
                 let now = Instant::now();
+                let mut progress = Progress::default();
                 for r in records {
                     // Stale records (their partition was revoked meanwhile) and
                     // records read while stopping are left for the next owner.
                     if stopping || !self.ledger.owns(&r.partition) {
                         continue;
                     }
-                    let progress =
-                        self.ledger
-                            .admit(&r.partition, r.offset, r.record, r.decoded, now);
-                    self.apply(progress);
+                    self.ledger.admit_into(
+                        &r.partition,
+                        r.offset,
+                        r.record,
+                        r.decoded,
+                        now,
+                        &mut progress,
+                    );
                 }
+                self.apply(progress);
             }
             SourceEvent::Assigned(partitions) => {
                 for p in partitions {
@@ -469,9 +475,7 @@ impl Coordinator {
 
     fn apply(&mut self, progress: Progress) {
         self.metrics.late_acks_dropped.inc_by(progress.late_acks);
-        if progress.redelivered {
-            self.metrics.redelivered_events.inc();
-        }
+        self.metrics.redelivered_events.inc_by(progress.redelivered);
         for batch in progress.batches {
             self.dispatcher.dispatch(batch);
         }
