@@ -135,9 +135,20 @@ impl RegionBatcher {
         None
     }
 
-    /// Closes every batch whose linger time has passed.
-    pub fn take_due(&mut self, now: Instant) -> Vec<DeleteBatch> {
+    /// Closes every batch whose linger time has passed, except those of
+    /// `saturated` regions: their linger starts again (they fill up meanwhile,
+    /// and a full batch closes at once), so a busy account gets full batches.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        saturated: impl Fn(&RegionName) -> bool,
+    ) -> Vec<DeleteBatch> {
         let linger = self.linger;
+        for ((region, _), b) in self.open.iter_mut() {
+            if now.duration_since(b.opened) >= linger && saturated(region) {
+                b.opened = now;
+            }
+        }
         self.take_where(|b| now.duration_since(b.opened) >= linger)
     }
 
@@ -232,11 +243,37 @@ mod tests {
         assert_eq!(full.region(), &eu);
         assert_eq!(b.open_ids(), 2);
         assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(100)));
-        assert!(b.take_due(t0 + Duration::from_millis(50)).is_empty());
-        let due = b.take_due(t0 + Duration::from_millis(100));
+        let idle = |_: &RegionName| false;
+        assert!(b.take_due(t0 + Duration::from_millis(50), idle).is_empty());
+        let due = b.take_due(t0 + Duration::from_millis(100), idle);
         assert_eq!(due.len(), 2);
         assert!(due.iter().all(|d| d.len() == 1));
         assert_eq!(b.open_ids(), 0);
         assert!(b.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_saturated_region_keeps_its_partial_batch_open_to_fill() {
+        let cap = BatchCapacity::new(3).unwrap();
+        let linger = Duration::from_millis(100);
+        let mut b = RegionBatcher::new(cap, linger);
+        let t0 = Instant::now();
+        let eu = RegionName::new("eu1");
+        let us = RegionName::new("us1");
+        b.push(&eu, IdKind::Guid, "a".into(), t0);
+        b.push(&us, IdKind::Guid, "b".into(), t0);
+        let t1 = t0 + linger;
+        // eu1's account is busy: only us1's batch closes; eu1's lingers again.
+        let due = b.take_due(t1, |r: &RegionName| r == &eu);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].region(), &us);
+        assert_eq!(b.next_deadline(), Some(t1 + linger));
+        // It fills meanwhile and closes full, at once.
+        b.push(&eu, IdKind::Guid, "c".into(), t1);
+        let full = b.push(&eu, IdKind::Guid, "d".into(), t1).unwrap();
+        assert_eq!(full.len(), 3);
+        // A partial batch of a region no longer busy closes at its deadline.
+        b.push(&eu, IdKind::Guid, "e".into(), t1);
+        assert_eq!(b.take_due(t1 + linger, |_: &RegionName| false).len(), 1);
     }
 }

@@ -50,6 +50,8 @@ struct AccountLane {
     account: RegionAccount,
     limiter: AimdLimiter,
     probe: tokio::sync::Mutex<()>,
+    /// Batches handed to this lane and not finished (waiting or in flight).
+    pending: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,7 @@ impl Dispatcher {
                         account: a.clone(),
                         limiter: AimdLimiter::new(settings.max_concurrency),
                         probe: tokio::sync::Mutex::new(()),
+                        pending: AtomicUsize::new(0),
                     }),
                 )
             })
@@ -119,10 +122,21 @@ impl Dispatcher {
         };
         let inner = self.inner.clone();
         inner.batches_in_flight.fetch_add(1, Ordering::Relaxed);
+        lane.pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             inner.deliver(&lane, batch).await;
+            lane.pending.fetch_sub(1, Ordering::Relaxed);
             inner.batches_in_flight.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Whether the region's account already has a batch for every request
+    /// slot: a batch sent now would only wait in line, so a partial one may
+    /// as well stay open and fill up.
+    pub fn is_saturated(&self, region: &RegionName) -> bool {
+        self.inner.lanes.get(region).is_some_and(|lane| {
+            lane.pending.load(Ordering::Relaxed) >= self.inner.settings.max_concurrency
+        })
     }
 
     /// Batches (including split parts) still being delivered.

@@ -372,9 +372,13 @@ impl Ledger {
         }
     }
 
-    /// Batches whose linger time passed.
-    pub fn take_due_batches(&mut self, now: Instant) -> Vec<DeleteBatch> {
-        self.batcher.take_due(now)
+    /// Batches whose linger time passed; see [`RegionBatcher::take_due`].
+    pub fn take_due_batches(
+        &mut self,
+        now: Instant,
+        saturated: impl Fn(&RegionName) -> bool,
+    ) -> Vec<DeleteBatch> {
+        self.batcher.take_due(now, saturated)
     }
 
     /// Every open batch (shutdown, rebalance).

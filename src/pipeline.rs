@@ -340,7 +340,9 @@ impl Coordinator {
                     None => return Err(PipelineError::Fatal("the Kafka consumer thread ended".into())),
                 },
                 _ = tokio::time::sleep_until(batch_deadline.unwrap_or(far).into()), if batch_deadline.is_some() && stop_deadline.is_none() => {
-                    for batch in self.ledger.take_due_batches(Instant::now()) {
+                    let dispatcher = &self.dispatcher;
+                    let due = self.ledger.take_due_batches(Instant::now(), |r| dispatcher.is_saturated(r));
+                    for batch in due {
                         self.dispatcher.dispatch(batch);
                     }
                 }

@@ -102,14 +102,26 @@ impl World {
     }
 
     fn config(&self, api: &Api, port: u16, extra: &str) -> String {
-        config_toml(
+        // tansu 0.6.0 quirk: it serves storage requests one at a time, so a
+        // large fetch (librdkafka asks for up to 50 MiB) holds up the group's
+        // heartbeats; with the daemon reading a backlog at full speed a
+        // session (6 s) could expire and tansu then fail to re-form the
+        // group (see restart_delay). Smaller fetches against tansu only.
+        let tansu = if self.broker.tansu.is_some() {
+            "[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"\n\
+             \"max.partition.fetch.bytes\" = \"262144\"\n"
+        } else {
+            ""
+        };
+        let base = config_toml(
             &self.broker.bootstrap,
             &self.topic,
             &self.group,
             &api.endpoint(),
             port,
-            extra,
-        )
+            tansu,
+        );
+        common::merge_toml(&base, extra)
     }
 
     /// Starts a daemon. Debugging aids: `E2E_DAEMON_RUST_LOG` becomes its
