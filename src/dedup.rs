@@ -38,8 +38,7 @@ pub enum Admission {
     AlreadyDeleted,
 }
 
-/// The events waiting on one open deletion. Most deletions have one, kept
-/// inline: no allocation per id.
+/// The events that waited on a deletion that just ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiters<W> {
     first: Option<W>,
@@ -54,8 +53,13 @@ impl<W> Waiters<W> {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &W> {
-        self.first.iter().chain(self.more.iter())
+    /// The waiters of an open slot that ends now (see `Slot::Open` for the box).
+    #[allow(clippy::box_collection)]
+    fn taken(first: W, more: Option<Box<Vec<W>>>) -> Self {
+        Waiters {
+            first: Some(first),
+            more: more.map(|m| *m).unwrap_or_default(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,10 +236,7 @@ impl<W> DeletionTable<W> {
                 Slot::Open { first, more } => {
                     self.open -= 1;
                     self.deleted += 1;
-                    Waiters {
-                        first: Some(first),
-                        more: more.map(|m| *m).unwrap_or_default(),
-                    }
+                    Waiters::taken(first, more)
                 }
                 Slot::Deleted { .. } => Waiters::none(),
             },
@@ -261,10 +262,7 @@ impl<W> DeletionTable<W> {
         }
         self.open -= 1;
         match self.remove(hash, place) {
-            Slot::Open { first, more } => Waiters {
-                first: Some(first),
-                more: more.map(|m| *m).unwrap_or_default(),
-            },
+            Slot::Open { first, more } => Waiters::taken(first, more),
             Slot::Deleted { .. } => unreachable!("checked above"),
         }
     }

@@ -562,28 +562,16 @@ mod tests {
         let p = PartitionId::new("t", 0);
         let mut l = ledger(10);
         let now = Instant::now();
-        assert_eq!(
-            l.admit(&p, 0, RawRecord::default(), Decoded::Skip, now)
-                .redelivered,
-            0
-        );
-        assert_eq!(
-            l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
-                .redelivered,
-            0
-        );
-        l.revoke(std::slice::from_ref(&p));
-        l.assign(p.clone());
-        assert_eq!(
-            l.admit(&p, 1, RawRecord::default(), Decoded::Skip, now)
-                .redelivered,
-            1
-        );
-        assert_eq!(
-            l.admit(&p, 2, RawRecord::default(), Decoded::Skip, now)
-                .redelivered,
-            0
-        );
+        let redelivered = |l: &mut Ledger, offset| {
+            l.admit(&p, offset, RawRecord::default(), Decoded::Skip, now)
+                .redelivered
+        };
+        assert_eq!(redelivered(&mut l, 0), 0);
+        assert_eq!(redelivered(&mut l, 1), 0);
+        l.revoke(&[PartitionId::new("t", 0)]);
+        l.assign(PartitionId::new("t", 0));
+        assert_eq!(redelivered(&mut l, 1), 1);
+        assert_eq!(redelivered(&mut l, 2), 0);
     }
 
     #[test]
