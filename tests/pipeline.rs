@@ -465,7 +465,8 @@ async fn ids_clevertap_rejects_are_isolated_and_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_deletions_and_commits_them() {
     let s = setup(2, 15).await;
-    s.api.set_latency(Duration::from_millis(2000));
+    // Well below the client timeout (2 s): these requests are slow, not failing.
+    s.api.set_latency(Duration::from_millis(1000));
     let events = simple_events(4_000, |i| REGIONS[i % 3]);
     s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
     let running = start(&s.toml("[batch]\nmax_ids = 50"));
