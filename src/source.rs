@@ -22,6 +22,7 @@ use crate::health::{any_broker_up, Health};
 use crate::ledger::RawRecord;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
+use crate::revokes::Generation;
 
 /// One message read from Kafka, already decoded.
 #[derive(Debug)]
@@ -38,12 +39,23 @@ pub enum SourceEvent {
     /// Records in offset order per partition, handed over in chunks (fewer
     /// wake-ups); a chunk is always flushed before any other event.
     Records(Vec<SourceRecord>),
-    Assigned(Vec<PartitionId>),
+    Assigned {
+        partitions: Vec<PartitionId>,
+        generation: Generation,
+    },
     /// The pipeline answers with the watermarks to commit for these partitions
-    /// before they are given up (the consumer waits for the answer).
+    /// before they are given up (the consumer waits for the answer, up to the
+    /// revoke timeout plus a margin, then goes on without committing).
     Revoked {
         partitions: Vec<PartitionId>,
+        generation: Generation,
         reply: std_mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    },
+    /// The group coordinator's answer to a commit (`ok`), or a commit that
+    /// was not sent because the partitions are no longer owned (not `ok`).
+    Committed {
+        marks: Vec<(PartitionId, i64)>,
+        ok: bool,
     },
     /// The consumer cannot go on (a fatal librdkafka error).
     Fatal(String),
@@ -91,6 +103,9 @@ struct SourceContext {
     stopping: AtomicBool,
     paused: AtomicBool,
     revoke_timeout: Duration,
+    /// Counts rebalance events, so the pipeline can tell an old revoke from
+    /// a newer assignment of the same partition.
+    generation: std::sync::atomic::AtomicU64,
     /// `group.instance.id` is set: on stop, close without unsubscribing, so
     /// no LeaveGroup is sent and a restart within the session timeout gets
     /// the same partitions back with no rebalance.
@@ -129,6 +144,10 @@ impl SourceContext {
         self.flush() && self.events.blocking_send(event).is_ok()
     }
 
+    fn next_generation(&self) -> Generation {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn record_commit(&self, result: &Result<(), KafkaError>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
@@ -149,13 +168,19 @@ impl SourceContext {
         }
     }
 
-    fn commit_sync(&self, consumer: &BaseConsumer<SourceContext>, marks: &[(PartitionId, i64)]) {
+    /// Commits and tells the pipeline how it went, so a failed commit is
+    /// asked for again even if the watermark does not move.
+    fn commit_sync(&self, consumer: &BaseConsumer<SourceContext>, marks: Vec<(PartitionId, i64)>) {
         if marks.is_empty() {
             return;
         }
-        let tpl = offsets_list(marks);
+        let tpl = offsets_list(&marks);
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.record_commit(&result, &tpl);
+        let _ = self.send_in_order(SourceEvent::Committed {
+            marks,
+            ok: result.is_ok(),
+        });
     }
 }
 
@@ -204,11 +229,16 @@ impl ConsumerContext for SourceContext {
             return; // the final commit was made before leaving the group
         }
         let (reply, answer) = std_mpsc::sync_channel(1);
-        if !self.send_in_order(SourceEvent::Revoked { partitions, reply }) {
+        let generation = self.next_generation();
+        if !self.send_in_order(SourceEvent::Revoked {
+            partitions,
+            generation,
+            reply,
+        }) {
             return;
         }
         match answer.recv_timeout(self.revoke_timeout + Duration::from_secs(5)) {
-            Ok(marks) => self.commit_sync(consumer, &marks),
+            Ok(marks) => self.commit_sync(consumer, marks),
             Err(_) => tracing::warn!(
                 "no answer from the pipeline for the revoke; nothing committed for it"
             ),
@@ -224,8 +254,12 @@ impl ConsumerContext for SourceContext {
                     let _ = consumer.pause(tpl);
                 }
                 let partitions = partitions_of(tpl);
-                tracing::info!(count = partitions.len(), "partitions assigned");
-                let _ = self.send_in_order(SourceEvent::Assigned(partitions));
+                let generation = self.next_generation();
+                tracing::info!(count = partitions.len(), generation, "partitions assigned");
+                let _ = self.send_in_order(SourceEvent::Assigned {
+                    partitions,
+                    generation,
+                });
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -260,6 +294,7 @@ pub fn start(
         stopping: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         revoke_timeout: settings.revoke_timeout,
+        generation: std::sync::atomic::AtomicU64::new(0),
         static_member: settings
             .client_config
             .get("group.instance.id")
@@ -423,12 +458,16 @@ fn carry_out(
 ) -> Flow {
     match command {
         SourceCommand::Commit(marks) => {
-            let owned = owned_only(consumer, &marks);
-            if !owned.is_empty() {
-                // Synchronous, once per commit interval: the result is known
-                // here (librdkafka's callback for async commits of a
-                // BaseConsumer is not delivered to our context).
-                consumer.context().commit_sync(consumer, &owned);
+            let (owned, not_owned) = owned_only(consumer, marks);
+            // Synchronous, once per commit interval: the result is known
+            // here (librdkafka's callback for async commits of a
+            // BaseConsumer is not delivered to our context).
+            consumer.context().commit_sync(consumer, owned);
+            if !not_owned.is_empty() {
+                let _ = consumer.context().send_in_order(SourceEvent::Committed {
+                    marks: not_owned,
+                    ok: false,
+                });
             }
         }
         SourceCommand::Pause => {
@@ -436,8 +475,8 @@ fn carry_out(
             metrics.consumer_paused.set(1);
         }
         SourceCommand::Stop { final_commit, done } => {
-            let owned = owned_only(consumer, &final_commit);
-            consumer.context().commit_sync(consumer, &owned);
+            let (owned, _) = owned_only(consumer, final_commit);
+            consumer.context().commit_sync(consumer, owned);
             consumer.context().stopping.store(true, Ordering::Relaxed);
             // librdkafka sends LeaveGroup on unsubscribe even for a static
             // member; closing (when the consumer is dropped) does not.
@@ -488,13 +527,15 @@ fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> 
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Only partitions this member owns now may be committed.
+/// Only partitions this member owns now may be committed: splits `marks`
+/// into those it owns and the others.
+#[allow(clippy::type_complexity)]
 fn owned_only(
     consumer: &BaseConsumer<SourceContext>,
-    marks: &[(PartitionId, i64)],
-) -> Vec<(PartitionId, i64)> {
+    marks: Vec<(PartitionId, i64)>,
+) -> (Vec<(PartitionId, i64)>, Vec<(PartitionId, i64)>) {
     let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
+        return (Vec::new(), marks);
     };
     let elements = assignment.elements();
     let owned: std::collections::HashSet<(&str, i32)> = elements
@@ -502,8 +543,6 @@ fn owned_only(
         .map(|e| (e.topic(), e.partition()))
         .collect();
     marks
-        .iter()
-        .filter(|(p, _)| owned.contains(&(&*p.topic, p.partition)))
-        .cloned()
-        .collect()
+        .into_iter()
+        .partition(|(p, _)| owned.contains(&(&*p.topic, p.partition)))
 }
