@@ -22,6 +22,7 @@ use crate::health::{any_broker_up, Health};
 use crate::ledger::RawRecord;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
+use crate::retention;
 use crate::revokes::Generation;
 
 /// One message read from Kafka, already decoded.
@@ -103,6 +104,9 @@ struct SourceContext {
     stopping: AtomicBool,
     paused: AtomicBool,
     revoke_timeout: Duration,
+    /// Partitions assigned since the consume loop last looked: it checks
+    /// where they start and what retention removed before (see `retention`).
+    newly_assigned: std::sync::Mutex<Vec<PartitionId>>,
     /// Counts rebalance events, so the pipeline can tell an old revoke from
     /// a newer assignment of the same partition.
     generation: std::sync::atomic::AtomicU64,
@@ -254,6 +258,10 @@ impl ConsumerContext for SourceContext {
                     let _ = consumer.pause(tpl);
                 }
                 let partitions = partitions_of(tpl);
+                self.newly_assigned
+                    .lock()
+                    .expect("assigned lock")
+                    .extend(partitions.iter().cloned());
                 let generation = self.next_generation();
                 tracing::info!(count = partitions.len(), generation, "partitions assigned");
                 let _ = self.send_in_order(SourceEvent::Assigned {
@@ -295,6 +303,7 @@ pub fn start(
         paused: AtomicBool::new(false),
         revoke_timeout: settings.revoke_timeout,
         generation: std::sync::atomic::AtomicU64::new(0),
+        newly_assigned: std::sync::Mutex::new(Vec::new()),
         static_member: settings
             .client_config
             .get("group.instance.id")
@@ -324,9 +333,23 @@ fn consume(
     let consumer = Arc::new(consumer);
     let mut held_since: Option<std::time::Instant> = None;
     let mut hard_paused = false;
-    // Per topic, once: the shared name and the consumed counter.
-    let mut topics: BTreeMap<String, (Arc<str>, prometheus::IntCounter)> = BTreeMap::new();
+    // Per topic, once: the shared name, the consumed counter, and per
+    // partition the offset expected next (to notice records lost unread).
+    let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
     loop {
+        let assigned = std::mem::take(
+            &mut *consumer
+                .context()
+                .newly_assigned
+                .lock()
+                .expect("assigned lock"),
+        );
+        if !assigned.is_empty() {
+            let starts = retention::check_assigned(&consumer, &assigned, &metrics);
+            for (p, start) in assigned.iter().zip(starts) {
+                *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start;
+            }
+        }
         loop {
             match commands.try_recv() {
                 Ok(command) => {
@@ -391,24 +414,23 @@ fn consume(
             }
             Some(Ok(m)) => m,
         };
-        let topic_name = message.topic();
-        let (topic, counter) = match topics.get(topic_name) {
-            Some(t) => t,
-            None => topics.entry(topic_name.to_string()).or_insert_with(|| {
-                (
-                    Arc::<str>::from(topic_name),
-                    metrics.events_consumed.with_label_values(&[topic_name]),
-                )
-            }),
+        let state = topic_state(&mut topics, message.topic(), &metrics);
+        state.consumed.inc();
+        let partition = PartitionId {
+            topic: state.name.clone(),
+            partition: message.partition(),
         };
-        counter.inc();
+        retention::check_read(
+            &consumer,
+            &partition,
+            message.offset(),
+            state.next_of(partition.partition),
+            &metrics,
+        );
         let payload = message.payload();
         let decoded = decoder.decode(payload);
         let record = SourceRecord {
-            partition: PartitionId {
-                topic: topic.clone(),
-                partition: message.partition(),
-            },
+            partition,
             offset: message.offset(),
             record: RawRecord {
                 key: message.key().map(Bytes::copy_from_slice),
@@ -430,6 +452,42 @@ fn consume(
             return;
         }
     }
+}
+
+/// What the consume loop keeps per topic.
+struct TopicState {
+    name: Arc<str>,
+    consumed: prometheus::IntCounter,
+    /// Indexed by partition.
+    next: Vec<retention::NextOffset>,
+}
+
+impl TopicState {
+    fn next_of(&mut self, partition: i32) -> &mut retention::NextOffset {
+        let i = partition.max(0) as usize;
+        if self.next.len() <= i {
+            self.next.resize(i + 1, None);
+        }
+        &mut self.next[i]
+    }
+}
+
+fn topic_state<'a>(
+    topics: &'a mut BTreeMap<String, TopicState>,
+    name: &str,
+    metrics: &Metrics,
+) -> &'a mut TopicState {
+    if !topics.contains_key(name) {
+        topics.insert(
+            name.to_string(),
+            TopicState {
+                name: Arc::from(name),
+                consumed: metrics.events_consumed.with_label_values(&[name]),
+                next: Vec::new(),
+            },
+        );
+    }
+    topics.get_mut(name).expect("just inserted")
 }
 
 /// Pauses or resumes every assigned partition; partitions assigned later
