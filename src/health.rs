@@ -1,7 +1,7 @@
 //! Liveness and readiness state shared by the consumer, the dispatcher and the
 //! HTTP endpoints.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,9 @@ struct HealthInner {
     kafka_connected: AtomicBool,
     stopping: AtomicBool,
     held_regions: Mutex<BTreeSet<String>>,
+    /// Dead-letter or audit writers held by an error only an operator can
+    /// end, with what to do about it.
+    held_writers: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Health {
@@ -36,6 +39,7 @@ impl Health {
                 kafka_connected: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 held_regions: Mutex::new(BTreeSet::new()),
+                held_writers: Mutex::new(BTreeMap::new()),
             }),
             metrics,
         }
@@ -81,6 +85,20 @@ impl Health {
             .contains(region)
     }
 
+    /// Marks a Kafka writer (`dead_letter`, `audit`) held with the remedy, or
+    /// no longer held (`None`).
+    pub fn writer_held(&self, writer: &'static str, remedy: Option<String>) {
+        let mut writers = self.inner.held_writers.lock().expect("health lock");
+        match remedy {
+            Some(remedy) => {
+                writers.insert(writer, remedy);
+            }
+            None => {
+                writers.remove(writer);
+            }
+        }
+    }
+
     /// `Ok` when ready; otherwise every reason it is not.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
@@ -94,6 +112,9 @@ impl Health {
             reasons.push(format!(
                 "region {region}: held, CleverTap refuses the credentials or endpoint"
             ));
+        }
+        for (writer, remedy) in self.inner.held_writers.lock().expect("health lock").iter() {
+            reasons.push(format!("{writer} writes held: {remedy}"));
         }
         if reasons.is_empty() {
             Ok(())

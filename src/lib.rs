@@ -27,6 +27,8 @@ pub mod offsets;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;
+pub mod retention;
+pub mod revokes;
 pub mod secret;
 pub mod server;
 pub mod source;

@@ -40,7 +40,15 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub audit_records: IntCounterVec,
     pub redelivered_events: IntCounter,
+    pub offsets_held_back: IntGaugeVec,
+    pub kafka_write_failures: IntCounterVec,
+    pub kafka_writes_held: IntGaugeVec,
+    pub dead_letters_truncated: IntCounter,
+    pub records_lost: IntCounterVec,
 }
+
+/// The writers of `kafka_write_failures_total` and `kafka_writes_held`.
+pub const KAFKA_WRITERS: [&str; 2] = ["dead_letter", "audit"];
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(PREFIX)
@@ -188,7 +196,7 @@ impl Metrics {
             )),
             audit_records: reg!(counter_vec(
                 "audit_records_total",
-                "Audit records acknowledged by the broker, by status (deleted, rejected).",
+                "Audit records acknowledged by the broker, by status (deleted, rejected, already_deleted).",
                 &["status"]
             )),
             redelivered_events: reg!(IntCounter::with_opts(opts(
@@ -196,6 +204,31 @@ impl Metrics {
                 "Records this process read a second time (after a rebalance gave the partition back): duplicate deliveries."
             ))
             .expect("valid metric")),
+            offsets_held_back: reg!(gauge_vec(
+                "offsets_held_back",
+                "Offsets read but not committable per partition: how far reading ran ahead of the oldest unfinished event (0 when all finished).",
+                &["topic", "partition"]
+            )),
+            kafka_write_failures: reg!(counter_vec(
+                "kafka_write_failures_total",
+                "Failed dead-letter and audit writes, by writer and reason (too_large, unknown_topic, authorization, invalid_record, transient).",
+                &["writer", "reason"]
+            )),
+            kafka_writes_held: reg!(gauge_vec(
+                "kafka_writes_held",
+                "Dead-letter or audit records waiting on an error that needs an operator (missing topic, no authorization): their partitions do not commit.",
+                &["writer"]
+            )),
+            dead_letters_truncated: reg!(IntCounter::with_opts(opts(
+                "dead_letters_truncated_total",
+                "Dead letters written as a truncated copy because the whole record was larger than the broker accepts."
+            ))
+            .expect("valid metric")),
+            records_lost: reg!(counter_vec(
+                "records_lost_total",
+                "Records removed by retention (or DeleteRecords) before this group read them: deletions lost for good.",
+                &["topic", "partition"]
+            )),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
@@ -221,11 +254,18 @@ impl Metrics {
         for r in ["success", "failure"] {
             self.commits.with_label_values(&[r]);
         }
-        for s in ["deleted", "rejected"] {
-            self.audit_records.with_label_values(&[s]);
+        for s in crate::ledger::AuditStatus::ALL {
+            self.audit_records.with_label_values(&[s.as_str()]);
         }
         for k in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[k]);
+        }
+        for w in KAFKA_WRITERS {
+            self.kafka_writes_held.with_label_values(&[w]).set(0);
+            for r in crate::produce::WriteFailure::ALL {
+                self.kafka_write_failures
+                    .with_label_values(&[w, r.as_str()]);
+            }
         }
     }
 
