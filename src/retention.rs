@@ -95,6 +95,10 @@ pub fn check_assigned<C: ConsumerContext>(
     partitions
         .iter()
         .map(|p| {
+            // The series exists from the assignment on, at 0 until a loss.
+            metrics
+                .records_lost
+                .with_label_values(&[&*p.topic, p.partition.to_string().as_str()]);
             let low = low_watermark(consumer, p)?;
             let committed = committed
                 .find_partition(&p.topic, p.partition)

@@ -131,8 +131,22 @@ async fn a_failing_batch_holds_the_commit_until_it_succeeds() {
         async move { ok }
     })
     .await;
-    // Give several commit intervals the chance to (wrongly) move past it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Every event outside the failing batch (u100..u109) finished; the
+    // ticks after that would (wrongly)
+    // commit past the failing event.
+    wait_for(
+        "all but the failing batch finished",
+        Duration::from_secs(30),
+        || {
+            let n = metric_sum(
+                &running.metrics.render(),
+                "clevertap_deleter_events_finished_total",
+            );
+            async move { n >= 290.0 }
+        },
+    )
+    .await;
+    commit_ticks(&running, 3).await;
     let held = s.committed(1)[0];
     assert!(
         held <= 100,
@@ -229,7 +243,7 @@ async fn wrong_credentials_hold_one_region_while_others_proceed() {
         async move { ok }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    commit_ticks(&running, 3).await;
     let held = s.committed(1)[0];
     assert!(
         held <= 1,
@@ -450,7 +464,6 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         async move { ok }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let consumed = || {
         metric(
             &running.metrics.render(),
@@ -473,8 +486,14 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         consumed_at_pause < 5_000.0,
         "consumption stopped early: {consumed_at_pause}"
     );
+    // The daemon keeps working (retrying the API) while nothing is read.
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let requests = s.api.request_count();
+        wait_for("more API retries", Duration::from_secs(30), || {
+            let n = s.api.request_count();
+            async move { n >= requests + 5 }
+        })
+        .await;
         assert_eq!(
             consumed(),
             consumed_at_pause,
@@ -530,7 +549,7 @@ async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
         async move { total == 300.0 }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // stop() returns after the final commit, where a commit would happen.
     let summary = running.stop().await.unwrap();
     assert!(summary.committed.is_empty());
     assert_eq!(s.api.request_count(), 0, "no API call in a dry run");

@@ -349,6 +349,28 @@ pub fn start_with(cfg: Config, api: Arc<dyn DeleteApi>) -> Running {
     }
 }
 
+/// Waits until the pipeline ran `n` more commit ticks, seen through the
+/// oldest-unfinished-age gauge that each tick refreshes (so only while some
+/// event is unfinished). A commit a tick requested is carried out before the
+/// consumer thread's next poll, well within the following tick: after two
+/// ticks, the group shows whatever the first one would have committed.
+pub async fn commit_ticks(running: &Running, n: usize) {
+    let age = || {
+        metric(
+            &running.metrics.render(),
+            "clevertap_deleter_oldest_unfinished_event_age_seconds",
+        )
+    };
+    for _ in 0..n {
+        let before = age();
+        wait_for("a commit tick", Duration::from_secs(10), || {
+            let now = age();
+            async move { now > before }
+        })
+        .await;
+    }
+}
+
 /// Polls `check` until it returns true, or panics with `what` after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
