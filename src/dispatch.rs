@@ -139,6 +139,25 @@ impl Dispatcher {
         })
     }
 
+    /// Per region, what the status view shows, sorted by name.
+    pub fn region_views(&self) -> Vec<crate::status::RegionView> {
+        let mut views: Vec<crate::status::RegionView> = self
+            .inner
+            .lanes
+            .iter()
+            .map(|(name, lane)| crate::status::RegionView {
+                region: name.to_string(),
+                account_id: lane.account.account_id.clone(),
+                held: self.inner.health.region_held(name.as_str()),
+                in_flight: lane.limiter.in_flight(),
+                concurrency_limit: lane.limiter.limit(),
+                batches_pending: lane.pending.load(Ordering::Relaxed),
+            })
+            .collect();
+        views.sort_by(|a, b| a.region.cmp(&b.region));
+        views
+    }
+
     /// Batches (including split parts) still being delivered.
     pub fn batches_in_flight(&self) -> usize {
         self.inner.batches_in_flight.load(Ordering::Relaxed)

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::statistics::Statistics;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, KAFKA_WRITERS};
+use crate::status::{StatusLink, StatusReport, WriterView};
 
 /// True when a client's statistics show at least one broker connected.
 pub fn any_broker_up(stats: &Statistics) -> bool {
@@ -21,6 +22,7 @@ pub fn any_broker_up(stats: &Statistics) -> bool {
 pub struct Health {
     inner: Arc<HealthInner>,
     metrics: Metrics,
+    status: StatusLink,
 }
 
 struct HealthInner {
@@ -42,6 +44,35 @@ impl Health {
                 held_writers: Mutex::new(BTreeMap::new()),
             }),
             metrics,
+            status: StatusLink::default(),
+        }
+    }
+
+    /// Where the coordinator answers status requests.
+    pub fn status_link(&self) -> &StatusLink {
+        &self.status
+    }
+
+    /// Everything `GET /status` shows.
+    pub async fn status_report(&self) -> StatusReport {
+        let readiness = self.readiness();
+        let writers = {
+            let held = self.inner.held_writers.lock().expect("health lock");
+            KAFKA_WRITERS
+                .iter()
+                .map(|w| WriterView {
+                    writer: w.to_string(),
+                    held: held.contains_key(w),
+                    remedy: held.get(w).cloned(),
+                })
+                .collect()
+        };
+        StatusReport {
+            ready: readiness.is_ok(),
+            reasons: readiness.err().unwrap_or_default(),
+            kafka_connected: self.kafka_connected(),
+            writers,
+            pipeline: self.status.pipeline_view().await,
         }
     }
 

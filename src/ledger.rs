@@ -151,6 +151,24 @@ pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<Audit
     out
 }
 
+/// One owned partition as the status view shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset the group coordinator last confirmed for this member.
+    pub committed: Option<i64>,
+    /// One past the last offset read.
+    pub read_up_to: Option<i64>,
+    /// What the next commit will carry: the oldest unfinished offset.
+    pub committable: Option<i64>,
+    /// Offsets read but held back behind the oldest unfinished event.
+    pub held_back: i64,
+    pub unfinished: usize,
+    pub oldest_unfinished_offset: Option<i64>,
+    pub oldest_unfinished_age_secs: Option<f64>,
+}
+
 /// An instruction to write one event to the dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct DeadLetterOrder {
@@ -661,6 +679,42 @@ impl Ledger {
     /// Events held in memory, unfinished.
     pub fn events_in_memory(&self) -> usize {
         self.events.len()
+    }
+
+    /// Per owned partition, what the status view shows, sorted.
+    pub fn partition_views(&self, now: Instant) -> Vec<PartitionView> {
+        let mut oldest: HashMap<&PartitionId, (i64, Instant)> = HashMap::default();
+        for e in self.events.values() {
+            let slot = oldest.entry(&e.partition).or_insert((e.offset, e.admitted));
+            if e.offset < slot.0 {
+                *slot = (e.offset, e.admitted);
+            }
+        }
+        let mut views: Vec<PartitionView> = self
+            .offsets
+            .partitions()
+            .filter_map(|p| {
+                let (committed, next, committable, unfinished) = self.offsets.view(p)?;
+                let oldest = oldest.get(p);
+                Some(PartitionView {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    committed,
+                    read_up_to: next,
+                    committable,
+                    held_back: match (committable, next) {
+                        (Some(c), Some(n)) => n - c,
+                        _ => 0,
+                    },
+                    unfinished,
+                    oldest_unfinished_offset: oldest.map(|o| o.0),
+                    oldest_unfinished_age_secs: oldest
+                        .map(|o| now.saturating_duration_since(o.1).as_secs_f64()),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        views
     }
 
     /// When the oldest unfinished event entered the pipeline.

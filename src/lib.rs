@@ -32,4 +32,5 @@ pub mod revokes;
 pub mod secret;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod synth;

@@ -158,6 +158,17 @@ impl OffsetTracker {
         })
     }
 
+    /// One partition's watermark for the status view: (the group's last
+    /// confirmed commit, the offset after the last read, the committable
+    /// offset, unfinished offsets).
+    pub fn view(
+        &self,
+        partition: &PartitionId,
+    ) -> Option<(Option<i64>, Option<i64>, Option<i64>, usize)> {
+        let w = self.partitions.get(partition)?;
+        Some((w.confirmed, w.next, w.committable(), w.unfinished()))
+    }
+
     /// Entries kept in memory over all partitions (unfinished offsets plus
     /// finished ones not swept yet): what backpressure must bound.
     pub fn entries(&self) -> usize {

@@ -218,6 +218,7 @@ pub async fn run(
         drain_timeout,
         dry_run: s.api.dry_run,
     };
+    let views = health.status_link().connect();
     let outcome = coordinator
         .run_loop(
             Inputs {
@@ -225,6 +226,7 @@ pub async fn run(
                 reports,
                 acks,
                 audited,
+                views,
             },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),
@@ -319,6 +321,8 @@ struct Inputs {
     reports: mpsc::UnboundedReceiver<DispatchReport>,
     acks: mpsc::UnboundedReceiver<DeadLetterAck>,
     audited: mpsc::UnboundedReceiver<AuditAck>,
+    /// Status requests from the HTTP server.
+    views: mpsc::Receiver<crate::status::ViewRequest>,
 }
 
 impl Coordinator {
@@ -334,6 +338,7 @@ impl Coordinator {
             mut reports,
             mut acks,
             mut audited,
+            mut views,
         } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
@@ -386,6 +391,14 @@ impl Coordinator {
                 }
                 _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
+                Some(reply) = views.recv() => {
+                    let _ = reply.send(crate::status::PipelineView {
+                        events_in_memory: self.ledger.events_in_memory(),
+                        consumer_paused: self.paused,
+                        partitions: self.ledger.partition_views(Instant::now()),
+                        regions: self.dispatcher.region_views(),
+                    });
+                }
                 _ = commit_tick.tick() => {
                     self.commit();
                     self.update_gauges();
