@@ -200,13 +200,18 @@ impl DispatcherInner {
                 .api_request_duration
                 .with_label_values(&[region])
                 .observe(elapsed.as_secs_f64());
+            // Logs carry the raw code; the metric label a bounded set of values.
             let status_label = match &result {
                 Ok(r) => r.status.to_string(),
                 Err(e) => e.as_str().to_string(),
             };
+            let status_metric = match &result {
+                Ok(r) => crate::metrics::api_status_label(r.status),
+                Err(e) => e.as_str(),
+            };
             self.metrics
                 .api_requests
-                .with_label_values(&[region, &status_label])
+                .with_label_values(&[region, status_metric])
                 .inc();
 
             let verdict = classify(&result);
@@ -351,12 +356,19 @@ mod tests {
     fn setup(
         api: Arc<ScriptedApi>,
     ) -> (Dispatcher, mpsc::UnboundedReceiver<DispatchReport>, Health) {
-        let metrics = Metrics::new();
+        setup_with(api, "p", Metrics::new())
+    }
+
+    fn setup_with(
+        api: Arc<dyn DeleteApi>,
+        passcode: &str,
+        metrics: Metrics,
+    ) -> (Dispatcher, mpsc::UnboundedReceiver<DispatchReport>, Health) {
         let health = Health::new(metrics.clone());
         let account = RegionAccount {
             name: RegionName::new("eu1"),
             account_id: "A".into(),
-            passcode: Secret::new("p"),
+            passcode: Secret::new(passcode),
             endpoint: "http://127.0.0.1:1".into(),
         };
         let settings = DispatchSettings {
@@ -379,6 +391,59 @@ mod tests {
             ids.iter().map(|i| Arc::from(*i)).collect(),
         )
         .unwrap()
+    }
+
+    /// Waits until `cond` holds: the positive signal a test waits for
+    /// before asserting that something did not happen.
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn request_metrics_have_a_bounded_status_label() {
+        // A misbehaving endpoint answering ever new codes must not create a
+        // series per code.
+        let odd: Vec<u16> = vec![302, 418, 451, 599, 700, 999, 1, 1000, 207];
+        let script = odd.clone();
+        let api = Arc::new(ScriptedApi {
+            answer: Box::new(move |_, n| match script.get(n - 1) {
+                Some(s) => reply(*s, ""),
+                None => reply(200, r#"{"status":"success"}"#),
+            }),
+            calls: Mutex::new(vec![]),
+        });
+        let metrics = Metrics::new();
+        let (d, mut rx, _) = setup_with(api.clone(), "p", metrics.clone());
+        d.dispatch(batch(&["a"]));
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            DispatchReport::Deleted { .. }
+        ));
+        let text = metrics.render();
+        let labels: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("clevertap_deleter_api_requests_total{"))
+            .filter_map(|l| l.split("status=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(labels.len(), 6, "{labels:?}");
+        for l in &labels {
+            assert!(
+                [
+                    "200",
+                    "2xx_other",
+                    "3xx_other",
+                    "4xx_other",
+                    "5xx_other",
+                    "other"
+                ]
+                .contains(l),
+                "unbounded status label {l:?}"
+            );
+        }
     }
 
     #[tokio::test]
