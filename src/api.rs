@@ -24,6 +24,10 @@ pub enum TransportError {
     Connect,
     /// Any other I/O or protocol failure (reset, bad response).
     Other,
+    /// The request could not even be built: a header value with a control
+    /// character (a passcode with a newline), an endpoint that is not a URL.
+    /// Sending it again changes nothing, so it holds the region.
+    InvalidRequest,
 }
 
 impl TransportError {
@@ -32,6 +36,7 @@ impl TransportError {
             TransportError::Timeout => "timeout",
             TransportError::Connect => "connect_error",
             TransportError::Other => "transport_error",
+            TransportError::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -89,9 +94,41 @@ pub enum Verdict {
     },
     /// The request was refused for its content: split to isolate the bad ids.
     Rejected { message: String },
-    /// Credentials, permissions or the endpoint are wrong (401/403/404): hold
-    /// the region, never dead-letter, retry slowly.
-    Held { status: u16 },
+    /// Credentials, permissions or the endpoint are wrong (401/403/404), or
+    /// the request cannot be built: hold the region, never dead-letter, retry
+    /// slowly.
+    Held { cause: Hold },
+}
+
+/// Why a region is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hold {
+    /// CleverTap answered 401, 403 or 404.
+    Refused(u16),
+    /// The request cannot be built from the region's settings
+    /// ([`TransportError::InvalidRequest`]).
+    InvalidRequest,
+}
+
+impl Hold {
+    /// The `status` label of `region_auth_failures_total`: `401`, `403`,
+    /// `404` or `invalid_request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Refused(status) => crate::metrics::api_status_label(status),
+            Hold::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// The `/readyz` line for a region held for this cause.
+    pub fn readiness(self) -> &'static str {
+        match self {
+            Hold::Refused(_) => crate::health::HELD_REFUSED,
+            Hold::InvalidRequest => {
+                "held, its request cannot be built (a control character in the account id or passcode, or a bad endpoint)"
+            }
+        }
+    }
 }
 
 /// The fields of an answer body the classifier reads. Each is read on its
@@ -141,6 +178,11 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
                 after: None,
             }
         }
+        Err(TransportError::InvalidRequest) => {
+            return Verdict::Held {
+                cause: Hold::InvalidRequest,
+            }
+        }
     };
     let retry = |reason| Verdict::Retry {
         reason,
@@ -163,7 +205,7 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
             message: api_message(&reply.body, reply.status),
         },
         401 | 403 | 404 => Verdict::Held {
-            status: reply.status,
+            cause: Hold::Refused(reply.status),
         },
         _ => retry(RetryReason::Unexpected),
     }
@@ -259,6 +301,18 @@ impl DeleteApi for HttpDeleteApi {
 /// Classifies a failed request and logs why it failed (a TLS certificate
 /// refused, a refused connection, ...), which the class alone does not say.
 fn transport_error(account: &RegionAccount, e: reqwest::Error) -> TransportError {
+    if e.is_builder() {
+        // reqwest's message names the problem ("failed to parse header
+        // value"), never the value, so no passcode reaches the log.
+        tracing::error!(
+            region = %account.name,
+            endpoint = %account.endpoint,
+            status = TransportError::InvalidRequest.as_str(),
+            error = %error_chain(&e.without_url()),
+            "the request to CleverTap cannot be built: a control character in the account id or passcode, or an endpoint that is not a URL"
+        );
+        return TransportError::InvalidRequest;
+    }
     let class = if e.is_timeout() {
         TransportError::Timeout
     } else if e.is_connect() {
@@ -404,8 +458,19 @@ mod tests {
             }
         );
         for s in [401, 403, 404] {
-            assert_eq!(classify(&reply(s, "")), Verdict::Held { status: s });
+            assert_eq!(
+                classify(&reply(s, "")),
+                Verdict::Held {
+                    cause: Hold::Refused(s)
+                }
+            );
         }
+        assert_eq!(
+            classify(&Err(TransportError::InvalidRequest)),
+            Verdict::Held {
+                cause: Hold::InvalidRequest
+            }
+        );
         assert!(matches!(
             classify(&reply(418, "")),
             Verdict::Retry {
@@ -452,6 +517,37 @@ mod tests {
                 message: "HTTP 200".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_an_invalid_request() {
+        let api = HttpDeleteApi::new(Duration::from_secs(1), 1).unwrap();
+        let batch = DeleteBatch::new(
+            crate::ids::RegionName::new("eu1"),
+            crate::ids::IdKind::Guid,
+            vec![std::sync::Arc::from("g")],
+        )
+        .unwrap();
+        let account = |account_id: &str, passcode: &str, endpoint: &str| RegionAccount {
+            name: crate::ids::RegionName::new("eu1"),
+            account_id: account_id.into(),
+            passcode: crate::secret::Secret::new(passcode),
+            endpoint: endpoint.into(),
+        };
+        for bad in [
+            account("A", "pass\nword", "http://127.0.0.1:1"),
+            account("A", "pass\rword", "http://127.0.0.1:1"),
+            account("A\u{7f}", "p", "http://127.0.0.1:1"),
+            account("A", "p", "not a url"),
+        ] {
+            assert_eq!(
+                api.delete(&bad, &batch).await,
+                Err(TransportError::InvalidRequest),
+                "{:?} {}",
+                bad.account_id,
+                bad.endpoint
+            );
+        }
     }
 
     #[test]

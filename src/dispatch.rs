@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::api::{classify, DeleteApi, Verdict};
+use crate::api::{classify, DeleteApi, Hold, Verdict};
 use crate::backoff::Backoff;
 use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
@@ -286,17 +286,24 @@ impl DispatcherInner {
                         }
                     };
                 }
-                Verdict::Held { status } => {
+                Verdict::Held { cause } => {
                     self.metrics
                         .region_auth_failures
-                        .with_label_values(&[region, &status.to_string()])
+                        .with_label_values(&[region, cause.as_str()])
                         .inc();
-                    if self.health.set_region_held(region, true) {
-                        tracing::error!(
-                            region, %kind, size, attempt, status,
-                            "CleverTap refuses this region's credentials or endpoint; holding its deletions (nothing is committed past them) and probing every {:?}",
-                            self.settings.auth_retry
-                        );
+                    if self.health.hold_region(region, cause.readiness()) {
+                        match cause {
+                            Hold::Refused(status) => tracing::error!(
+                                region, %kind, size, attempt, status,
+                                "CleverTap refuses this region's credentials or endpoint; holding its deletions (nothing is committed past them) and probing every {:?}",
+                                self.settings.auth_retry
+                            ),
+                            Hold::InvalidRequest => tracing::error!(
+                                region, %kind, size, attempt, status = cause.as_str(),
+                                "this region's request cannot be built (check its account id, passcode and endpoint for control characters); holding its deletions (nothing is committed past them) and trying again every {:?}",
+                                self.settings.auth_retry
+                            ),
+                        }
                     }
                     drop(probe_guard);
                 }
@@ -444,6 +451,36 @@ mod tests {
                 "unbounded status label {l:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_holds_the_region() {
+        // A passcode with a control character (configuration validation
+        // bypassed): reqwest refuses to build the request. Retrying it as a
+        // connection error would spin forever without anyone noticing.
+        let api =
+            Arc::new(crate::api::HttpDeleteApi::new(Duration::from_secs(2), 1).expect("client"));
+        let metrics = Metrics::new();
+        let (d, mut rx, health) = setup_with(api, "bad\npass", metrics.clone());
+        d.dispatch(batch(&["a", "b"]));
+        wait_until("the region held", || health.region_held("eu1")).await;
+        assert!(health.readiness().is_err());
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "clevertap_deleter_region_auth_failures_total{region=\"eu1\",status=\"invalid_request\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            metrics
+                .api_retries
+                .with_label_values(&["eu1", "connection"])
+                .get(),
+            0,
+            "not retried as a connection error"
+        );
+        assert!(rx.try_recv().is_err(), "nothing reported while held");
     }
 
     #[tokio::test]

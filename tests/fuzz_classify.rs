@@ -9,7 +9,8 @@
 use std::time::{Duration, SystemTime};
 
 use clevertap_deleter::api::{
-    classify, parse_retry_after, ApiReply, RetryReason, TransportError, Verdict, MAX_MESSAGE_CHARS,
+    classify, parse_retry_after, ApiReply, Hold, RetryReason, TransportError, Verdict,
+    MAX_MESSAGE_CHARS,
 };
 use proptest::prelude::*;
 
@@ -113,7 +114,12 @@ fn classify_never_panics_and_only_success_deletes() {
                 prop_assert!((200..300).contains(&reply.status));
                 prop_assert!(says_success(&reply.body));
             }
-            (Ok(reply), Verdict::Held { status }) => {
+            (
+                Ok(reply),
+                Verdict::Held {
+                    cause: Hold::Refused(status),
+                },
+            ) => {
                 prop_assert_eq!(*status, reply.status);
                 prop_assert!([401, 403, 404].contains(status));
             }
@@ -124,6 +130,7 @@ fn classify_never_panics_and_only_success_deletes() {
                 prop_assert!(message.chars().count() <= MAX_MESSAGE_CHARS);
                 prop_assert!(!message.is_empty());
             }
+            (Ok(_), Verdict::Held { .. }) => prop_assert!(false, "only a request error holds"),
             (Ok(reply), Verdict::Retry { reason, after }) => {
                 prop_assert_eq!(*after, reply.retry_after);
                 match reply.status {
