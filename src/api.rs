@@ -8,10 +8,17 @@ use futures::future::BoxFuture;
 use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
 
+/// The most of an answer body that is read. CleverTap's answers are tens of
+/// bytes; anything longer than this is not one of them.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// What came back from one request at the HTTP level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiReply {
     pub status: u16,
+    /// The body, or its first [`MAX_BODY_BYTES`] + 1 bytes: a body longer
+    /// than [`MAX_BODY_BYTES`] was cut off, and [`classify`] reads only its
+    /// first [`MAX_BODY_BYTES`].
     pub body: Vec<u8>,
     /// `Retry-After`, in seconds or as an HTTP date, converted to a delay.
     pub retry_after: Option<Duration>,
@@ -188,13 +195,17 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
         reason,
         after: reply.retry_after,
     };
+    let cut_off = reply.body.len() > MAX_BODY_BYTES;
+    let body = &reply.body[..reply.body.len().min(MAX_BODY_BYTES)];
     match reply.status {
+        // A success cut off is not a success: what followed is unknown.
+        200..=299 if cut_off => retry(RetryReason::Unexpected),
         200..=299 => {
-            match StatusBody::parse(&reply.body).and_then(|b| b.status) {
+            match StatusBody::parse(body).and_then(|b| b.status) {
                 Some(s) if s.eq_ignore_ascii_case("success") => Verdict::Deleted,
                 // An explicit failure in a 2xx: treat like a 400 so bad ids are isolated.
                 Some(s) if s.eq_ignore_ascii_case("fail") => Verdict::Rejected {
-                    message: api_message(&reply.body, reply.status),
+                    message: api_message(body, reply.status),
                 },
                 _ => retry(RetryReason::Unexpected),
             }
@@ -202,7 +213,7 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
         429 => retry(RetryReason::TooManyRequests),
         408 | 500..=599 => retry(RetryReason::ServerError),
         400 | 413 | 422 => Verdict::Rejected {
-            message: api_message(&reply.body, reply.status),
+            message: api_message(body, reply.status),
         },
         401 | 403 | 404 => Verdict::Held {
             cause: Hold::Refused(reply.status),
@@ -285,13 +296,23 @@ impl DeleteApi for HttpDeleteApi {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| transport_error(account, e))?;
+            // Read at most one byte past the cap: enough to know the body was
+            // cut. The rest is never read (the connection is not reused).
+            let mut response = response;
+            let mut body = Vec::new();
+            while body.len() <= MAX_BODY_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        let room = MAX_BODY_BYTES + 1 - body.len();
+                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(transport_error(account, e)),
+                }
+            }
             Ok(ApiReply {
                 status,
-                body: body.to_vec(),
+                body,
                 retry_after,
             })
         })
@@ -548,6 +569,99 @@ mod tests {
                 bad.endpoint
             );
         }
+    }
+
+    /// Serves one HTTP/1.1 request on a fresh port: reads it, writes `head`,
+    /// then `chunks` bodies of `chunk` bytes each (`None` = forever).
+    async fn serve_once(head: String, chunk: Vec<u8>, chunks: Option<usize>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body by its Content-Length.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if request.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            if conn.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut sent = 0;
+            while chunks.is_none_or(|c| sent < c) {
+                if conn.write_all(&chunk).await.is_err() {
+                    return; // the client stopped reading
+                }
+                sent += 1;
+            }
+        });
+        endpoint
+    }
+
+    fn test_account(endpoint: String) -> RegionAccount {
+        RegionAccount {
+            name: crate::ids::RegionName::new("eu1"),
+            account_id: "A".into(),
+            passcode: crate::secret::Secret::new("p"),
+            endpoint,
+        }
+    }
+
+    fn test_batch() -> DeleteBatch {
+        DeleteBatch::new(
+            crate::ids::RegionName::new("eu1"),
+            crate::ids::IdKind::Guid,
+            vec![std::sync::Arc::from("g")],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_huge_success_body_is_cut_and_not_a_success() {
+        // `{"status":"success"}` and then a megabyte of spaces: valid JSON,
+        // but nobody reads a megabyte to learn that.
+        let filler = vec![b' '; 1 << 20];
+        let prefix = br#"{"status":"success"}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            prefix.len() + filler.len(),
+            std::str::from_utf8(prefix).unwrap()
+        );
+        let endpoint = serve_once(head, filler, Some(1)).await;
+        let api = HttpDeleteApi::new(Duration::from_secs(5), 1).unwrap();
+        let result = api.delete(&test_account(endpoint), &test_batch()).await;
+        let reply = result.clone().expect("an answer");
+        assert!(
+            reply.body.len() <= 64 * 1024 + 1,
+            "read {} bytes",
+            reply.body.len()
+        );
+        assert_ne!(classify(&result), Verdict::Deleted);
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_is_cut_before_the_timeout() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n<html>".to_string();
+        let endpoint = serve_once(head, vec![b'x'; 8192], None).await;
+        let api = HttpDeleteApi::new(Duration::from_secs(3), 1).unwrap();
+        let started = std::time::Instant::now();
+        let result = api.delete(&test_account(endpoint), &test_batch()).await;
+        let reply = result.clone().expect("an answer, not a timeout");
+        assert!(reply.body.len() <= 64 * 1024 + 1);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_ne!(classify(&result), Verdict::Deleted);
     }
 
     #[test]
