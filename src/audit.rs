@@ -48,6 +48,20 @@ pub enum AuditStatus {
     Deleted,
     /// CleverTap refused the id (400); its events went to the dead-letter topic.
     Rejected,
+    /// CleverTap's 2xx answers for the id never said success; its events
+    /// went to the dead-letter topic (reason `unconfirmed`).
+    Unconfirmed,
+}
+
+impl AuditStatus {
+    /// The `status` header and the `status` label of `audit_records_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Deleted => "deleted",
+            AuditStatus::Rejected => "rejected",
+            AuditStatus::Unconfirmed => "unconfirmed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,10 +158,7 @@ impl AuditWriter {
         let payload = serde_json::to_vec(record).expect("audit records serialize");
         let headers = OwnedHeaders::new().insert(Header {
             key: "status",
-            value: Some(match record.status {
-                AuditStatus::Deleted => "deleted",
-                AuditStatus::Rejected => "rejected",
-            }),
+            value: Some(record.status.as_str()),
         });
         send_until_acked(
             &self.producer,

@@ -276,12 +276,15 @@ impl Ledger {
         sources
     }
 
-    /// CleverTap rejected this one id (400 on a single-id request).
+    /// The dispatcher gave up on this one id: CleverTap rejected it (400 on
+    /// a single-id request, `ApiRejected`) or never confirmed its deletion
+    /// (`Unconfirmed`). Its events are dead-lettered with `reason`.
     pub fn rejected(
         &mut self,
         region: &RegionName,
         kind: IdKind,
         id: &Arc<str>,
+        reason: DeadLetterReason,
         message: &str,
     ) -> Progress {
         let mut progress = Progress::default();
@@ -290,10 +293,14 @@ impl Ledger {
             kind,
             id: id.clone(),
         };
-        let rejection = Rejection {
-            reason: DeadLetterReason::ApiRejected,
-            detail: format!("CleverTap rejected this {kind}: {message}"),
+        let detail = match reason {
+            DeadLetterReason::ApiRejected => format!("CleverTap rejected this {kind}: {message}"),
+            DeadLetterReason::Unconfirmed => {
+                format!("CleverTap did not confirm the deletion of this {kind}: {message}")
+            }
+            _ => message.to_string(),
         };
+        let rejection = Rejection { reason, detail };
         for event in self.deletions.reject(&key) {
             self.resolve_one(event, Some(rejection.clone()), &mut progress);
         }
@@ -525,7 +532,13 @@ mod tests {
         // Revoked before success: a redelivery must send it again once the
         // first request is gone.
         l.revoke(std::slice::from_ref(&p));
-        let rejected = l.rejected(&RegionName::new("eu1"), G, &b[0].ids()[0], "bad");
+        let rejected = l.rejected(
+            &RegionName::new("eu1"),
+            G,
+            &b[0].ids()[0],
+            DeadLetterReason::ApiRejected,
+            "bad",
+        );
         assert!(
             rejected.dead_letters.is_empty(),
             "revoked events are not dead-lettered"
@@ -622,6 +635,7 @@ mod tests {
             &RegionName::new("eu1"),
             G,
             &Arc::from("bad"),
+            DeadLetterReason::ApiRejected,
             "Invalid guid",
         );
         assert_eq!(pr.dead_letters.len(), 1, "event 1 has nothing else pending");

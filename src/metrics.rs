@@ -214,7 +214,7 @@ impl Metrics {
             )),
             audit_records: reg!(counter_vec(
                 "audit_records_total",
-                "Audit records acknowledged by the broker, by status (deleted, rejected).",
+                "Audit records acknowledged by the broker, by status (deleted, rejected, unconfirmed).",
                 &["status"]
             )),
             redelivered_events: reg!(IntCounter::with_opts(opts(
@@ -247,7 +247,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             self.commits.with_label_values(&[r]);
         }
-        for s in ["deleted", "rejected"] {
+        for s in ["deleted", "rejected", "unconfirmed"] {
             self.audit_records.with_label_values(&[s]);
         }
         for k in ["assign", "revoke"] {

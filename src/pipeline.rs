@@ -146,6 +146,7 @@ pub async fn run(
                 max: Duration::from_millis(s.api.retry_max_ms),
             },
             auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+            unconfirmed_retries: s.api.unconfirmed_retries,
             log_ids: s.log.log_ids,
         },
         metrics.clone(),
@@ -322,9 +323,10 @@ impl Coordinator {
                 Some(report) = reports.recv() => self.on_report(report),
                 Some(report) = audited.recv() => {
                     let status = match report {
-                        DispatchReport::Deleted { .. } => "deleted",
-                        DispatchReport::Rejected { .. } => "rejected",
-                    };
+                        DispatchReport::Deleted { .. } => AuditStatus::Deleted,
+                        DispatchReport::Rejected { reason, .. } => audit_status(reason),
+                    }
+                    .as_str();
                     self.metrics.audit_records.with_label_values(&[status]).inc();
                     self.settle(report);
                 }
@@ -394,6 +396,7 @@ impl Coordinator {
                 region,
                 kind,
                 id,
+                reason,
                 message,
                 attempts,
             } => AuditInput {
@@ -401,7 +404,7 @@ impl Coordinator {
                 account_id: self.accounts.get(region).map_or("", String::as_str),
                 kind: *kind,
                 ids: std::slice::from_ref(id),
-                status: AuditStatus::Rejected,
+                status: audit_status(*reason),
                 message: Some(message),
                 attempts: *attempts,
                 sources: self
@@ -425,9 +428,10 @@ impl Coordinator {
                 region,
                 kind,
                 id,
+                reason,
                 message,
                 ..
-            } => self.ledger.rejected(&region, kind, &id, &message),
+            } => self.ledger.rejected(&region, kind, &id, reason, &message),
         };
         self.apply(progress);
     }
@@ -570,5 +574,13 @@ impl Coordinator {
             .oldest_admitted()
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.metrics.oldest_unfinished_age.set(age);
+    }
+}
+
+/// The audit status of an id the dispatcher gave up on.
+fn audit_status(reason: DeadLetterReason) -> AuditStatus {
+    match reason {
+        DeadLetterReason::Unconfirmed => AuditStatus::Unconfirmed,
+        _ => AuditStatus::Rejected,
     }
 }

@@ -131,6 +131,9 @@ fn classify_never_panics_and_only_success_deletes() {
                 prop_assert!(!message.is_empty());
             }
             (Ok(_), Verdict::Held { .. }) => prop_assert!(false, "only a request error holds"),
+            (Ok(reply), Verdict::PartlyDeleted { .. } | Verdict::Unconfirmed { .. }) => {
+                prop_assert!((200..300).contains(&reply.status));
+            }
             (Ok(reply), Verdict::Retry { reason, after }) => {
                 prop_assert_eq!(*after, reply.retry_after);
                 match reply.status {
