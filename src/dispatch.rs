@@ -577,12 +577,27 @@ mod tests {
         let metrics = Metrics::new();
         let (d, mut rx, health) = setup_with(api, "bad\npass", metrics.clone());
         d.dispatch(batch(&["a", "b"]));
-        wait_until("the region held", || health.region_held("eu1")).await;
-        assert!(health.readiness().is_err());
+        // The first attempt and two probes handled: where a report or a
+        // connection retry would have happened.
+        let handled = || {
+            metrics
+                .region_auth_failures
+                .with_label_values(&["eu1", "invalid_request"])
+                .get()
+        };
+        wait_until("three failed builds handled", || handled() >= 3).await;
+        assert!(health.region_held("eu1"));
+        let not_ready = health.readiness().unwrap_err();
+        assert!(
+            not_ready
+                .iter()
+                .any(|r| r.starts_with("region eu1: held, its request cannot be built")),
+            "{not_ready:?}"
+        );
         let text = metrics.render();
         assert!(
             text.contains(
-                "clevertap_deleter_region_auth_failures_total{region=\"eu1\",status=\"invalid_request\"} 1"
+                "clevertap_deleter_api_requests_total{region=\"eu1\",status=\"invalid_request\"}"
             ),
             "{text}"
         );
@@ -834,17 +849,35 @@ mod tests {
             }),
             calls: Mutex::new(vec![]),
         });
-        let (d, mut rx, health) = setup(api.clone());
+        let metrics = Metrics::new();
+        let (d, mut rx, health) = setup_with(api.clone(), "p", metrics.clone());
+        let started = Instant::now();
         for i in 0..5 {
             d.dispatch(batch(&[&format!("id{i}")]));
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Wait until the dispatcher has handled 12 answers of 401 (the 5
+        // first attempts and 7 probes), each the point where a report would
+        // have been sent: only then does "nothing reported" mean anything.
+        let handled = || {
+            metrics
+                .region_auth_failures
+                .with_label_values(&["eu1", "401"])
+                .get()
+        };
+        wait_until("12 answers of 401 handled", || handled() >= 12).await;
         assert!(health.region_held("eu1"));
         assert!(health.readiness().is_err());
         assert!(rx.try_recv().is_err(), "nothing is reported while held");
-        // One probe at a time: about one call per auth_retry, not five.
-        let calls = api.calls.lock().unwrap().len();
-        assert!(calls <= 5 + 150 / 20 + 2, "probes are serialized: {calls}");
+        // One probe at a time, each after auth_retry (20 ms): beyond the 5
+        // first attempts, at most one call per 20 ms since the start (an
+        // upper bound a slow machine only makes looser), not 5 per 20 ms.
+        let calls = api.calls.lock().unwrap().len() as u128;
+        let probes_allowed = started.elapsed().as_millis() / 20 + 1;
+        assert!(
+            calls <= 5 + probes_allowed,
+            "probes are serialized: {calls} calls, at most {} allowed",
+            5 + probes_allowed
+        );
         fixed.store(true, Ordering::SeqCst);
         for _ in 0..5 {
             assert!(matches!(
@@ -853,7 +886,6 @@ mod tests {
             ));
         }
         assert!(!health.region_held("eu1"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(d.batches_in_flight(), 0);
+        wait_until("every batch task finished", || d.batches_in_flight() == 0).await;
     }
 }
