@@ -1,7 +1,7 @@
 //! Liveness and readiness state shared by the consumer, the dispatcher and the
 //! HTTP endpoints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,9 @@ pub fn any_broker_up(stats: &Statistics) -> bool {
         .any(|b| b.nodeid >= 0 && b.state == "UP")
 }
 
+/// The `/readyz` line of a region held because CleverTap answers 401/403/404.
+pub const HELD_REFUSED: &str = "held, CleverTap refuses the credentials or endpoint";
+
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<HealthInner>,
@@ -28,7 +31,8 @@ pub struct Health {
 struct HealthInner {
     kafka_connected: AtomicBool,
     stopping: AtomicBool,
-    held_regions: Mutex<BTreeSet<String>>,
+    /// Held regions and the `/readyz` line saying why.
+    held_regions: Mutex<BTreeMap<String, &'static str>>,
     /// Dead-letter or audit writers held by an error only an operator can
     /// end, with what to do about it.
     held_writers: Mutex<BTreeMap<&'static str, String>>,
@@ -40,7 +44,7 @@ impl Health {
             inner: Arc::new(HealthInner {
                 kafka_connected: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
-                held_regions: Mutex::new(BTreeSet::new()),
+                held_regions: Mutex::new(BTreeMap::new()),
                 held_writers: Mutex::new(BTreeMap::new()),
             }),
             metrics,
@@ -93,17 +97,30 @@ impl Health {
 
     /// Marks a region held (401/403/404) or released. Returns true if it changed.
     pub fn set_region_held(&self, region: &str, held: bool) -> bool {
-        let mut set = self.inner.held_regions.lock().expect("health lock");
-        let changed = if held {
-            set.insert(region.to_string())
+        if held {
+            self.hold_region(region, HELD_REFUSED)
         } else {
-            set.remove(region)
-        };
+            self.release_region(region)
+        }
+    }
+
+    /// Marks a region held; `why` is its `/readyz` line after `region NAME: `.
+    /// Returns true if it was not held before.
+    pub fn hold_region(&self, region: &str, why: &'static str) -> bool {
+        let mut held = self.inner.held_regions.lock().expect("health lock");
+        let changed = held.insert(region.to_string(), why).is_none();
         if changed {
-            self.metrics
-                .region_held
-                .with_label_values(&[region])
-                .set(held as i64);
+            self.metrics.region_held.with_label_values(&[region]).set(1);
+        }
+        changed
+    }
+
+    /// Releases a held region. Returns true if it was held.
+    fn release_region(&self, region: &str) -> bool {
+        let mut held = self.inner.held_regions.lock().expect("health lock");
+        let changed = held.remove(region).is_some();
+        if changed {
+            self.metrics.region_held.with_label_values(&[region]).set(0);
         }
         changed
     }
@@ -113,7 +130,7 @@ impl Health {
             .held_regions
             .lock()
             .expect("health lock")
-            .contains(region)
+            .contains_key(region)
     }
 
     /// Marks a Kafka writer (`dead_letter`, `audit`) held with the remedy, or
@@ -139,10 +156,8 @@ impl Health {
         if self.inner.stopping.load(Ordering::Relaxed) {
             reasons.push("shutting down".to_string());
         }
-        for region in self.inner.held_regions.lock().expect("health lock").iter() {
-            reasons.push(format!(
-                "region {region}: held, CleverTap refuses the credentials or endpoint"
-            ));
+        for (region, why) in self.inner.held_regions.lock().expect("health lock").iter() {
+            reasons.push(format!("region {region}: {why}"));
         }
         for (writer, remedy) in self.inner.held_writers.lock().expect("health lock").iter() {
             reasons.push(format!("{writer} writes held: {remedy}"));

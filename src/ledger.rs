@@ -72,15 +72,19 @@ pub enum AuditStatus {
     Deleted,
     /// CleverTap refused the id; its events went to the dead-letter topic.
     Rejected,
+    /// CleverTap's 2xx answers for the id never said success; its events
+    /// went to the dead-letter topic (reason `unconfirmed`).
+    Unconfirmed,
     /// The ids were confirmed deleted shortly before (the recently-deleted
     /// memory): these events finished without a request of their own.
     AlreadyDeleted,
 }
 
 impl AuditStatus {
-    pub const ALL: [AuditStatus; 3] = [
+    pub const ALL: [AuditStatus; 4] = [
         AuditStatus::Deleted,
         AuditStatus::Rejected,
+        AuditStatus::Unconfirmed,
         AuditStatus::AlreadyDeleted,
     ];
 
@@ -88,6 +92,7 @@ impl AuditStatus {
         match self {
             AuditStatus::Deleted => "deleted",
             AuditStatus::Rejected => "rejected",
+            AuditStatus::Unconfirmed => "unconfirmed",
             AuditStatus::AlreadyDeleted => "already_deleted",
         }
     }
@@ -481,21 +486,10 @@ impl Ledger {
         sources
     }
 
-    /// CleverTap rejected this one id (a 400 on a single-id request, or an
-    /// answer that never confirmed it): its events go to the dead-letter
-    /// topic with `reason`, after an audit record names them (audit on).
+    /// The dispatcher gave up on this one id: CleverTap rejected it (400 on
+    /// a single-id request, `ApiRejected`) or never confirmed its deletion
+    /// (`Unconfirmed`). Its events are dead-lettered with `reason`.
     pub fn rejected(
-        &mut self,
-        region: &RegionName,
-        kind: IdKind,
-        id: &Arc<str>,
-        message: &str,
-    ) -> Progress {
-        self.rejected_with(region, kind, id, DeadLetterReason::ApiRejected, message)
-    }
-
-    /// [`Ledger::rejected`] with the dead-letter reason to give.
-    pub fn rejected_with(
         &mut self,
         region: &RegionName,
         kind: IdKind,
@@ -509,16 +503,24 @@ impl Ledger {
             kind,
             id: id.clone(),
         };
-        let rejection = Rejection {
-            reason,
-            detail: format!("CleverTap rejected this {kind}: {message}"),
+        let detail = match reason {
+            DeadLetterReason::ApiRejected => format!("CleverTap rejected this {kind}: {message}"),
+            DeadLetterReason::Unconfirmed => {
+                format!("CleverTap did not confirm the deletion of this {kind}: {message}")
+            }
+            _ => message.to_string(),
         };
+        let rejection = Rejection { reason, detail };
         let waiting: Vec<EventId> = self.deletions.reject(&key).into_iter().collect();
         let audit = self.audit.then(|| AuditDue {
             region: region.clone(),
             kind,
             ids: vec![id.clone()],
-            status: AuditStatus::Rejected,
+            status: if reason == DeadLetterReason::Unconfirmed {
+                AuditStatus::Unconfirmed
+            } else {
+                AuditStatus::Rejected
+            },
             message: Some(message.to_string()),
             attempts: 0,
             sources: Vec::new(),
@@ -819,7 +821,13 @@ mod tests {
         // Revoked before success: a redelivery must send it again once the
         // first request is gone.
         l.revoke(std::slice::from_ref(&p));
-        let rejected = l.rejected(&RegionName::new("eu1"), G, &b[0].ids()[0], "bad");
+        let rejected = l.rejected(
+            &RegionName::new("eu1"),
+            G,
+            &b[0].ids()[0],
+            DeadLetterReason::ApiRejected,
+            "bad",
+        );
         assert!(
             rejected.dead_letters.is_empty(),
             "revoked events are not dead-lettered"
@@ -916,6 +924,7 @@ mod tests {
             &RegionName::new("eu1"),
             G,
             &Arc::from("bad"),
+            DeadLetterReason::ApiRejected,
             "Invalid guid",
         );
         assert_eq!(pr.dead_letters.len(), 1, "event 1 has nothing else pending");

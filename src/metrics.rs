@@ -13,6 +13,32 @@ use crate::ledger::Finish;
 
 const PREFIX: &str = "clevertap_deleter";
 
+/// HTTP statuses that get their own `status` label value in
+/// `api_requests_total`: the answers the contract documents, and the usual
+/// proxy and gateway ones.
+pub const API_STATUS_CODES: [u16; 12] =
+    [200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504];
+
+/// The `status` label of `api_requests_total` for an HTTP status: the code
+/// itself when it is one of [`API_STATUS_CODES`], else its class
+/// (`2xx_other` .. `5xx_other`), else `other`. A misbehaving endpoint cannot
+/// create more than these 17 series per region (with the transport errors).
+pub fn api_status_label(status: u16) -> &'static str {
+    const LABELS: [&str; 12] = [
+        "200", "204", "400", "401", "403", "404", "408", "429", "500", "502", "503", "504",
+    ];
+    if let Some(i) = API_STATUS_CODES.iter().position(|c| *c == status) {
+        return LABELS[i];
+    }
+    match status {
+        200..=299 => "2xx_other",
+        300..=399 => "3xx_other",
+        400..=499 => "4xx_other",
+        500..=599 => "5xx_other",
+        _ => "other",
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -91,7 +117,7 @@ impl Metrics {
             )),
             api_requests: reg!(counter_vec(
                 "api_requests_total",
-                "Delete User Profile requests by region and HTTP status (or timeout, connect_error, transport_error).",
+                "Delete User Profile requests by region and HTTP status (200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, else 2xx_other..5xx_other or other; or timeout, connect_error, transport_error).",
                 &["region", "status"]
             )),
             api_request_duration: reg!(HistogramVec::new(
@@ -196,7 +222,7 @@ impl Metrics {
             )),
             audit_records: reg!(counter_vec(
                 "audit_records_total",
-                "Audit records acknowledged by the broker, by status (deleted, rejected, already_deleted).",
+                "Audit records acknowledged by the broker, by status (deleted, rejected, unconfirmed, already_deleted).",
                 &["status"]
             )),
             redelivered_events: reg!(IntCounter::with_opts(opts(
@@ -314,5 +340,19 @@ mod tests {
             text.contains("clevertap_deleter_ids_deleted_total{kind=\"guid\",region=\"eu1\"} 0")
         );
         assert!(text.contains("clevertap_deleter_build_info{version="));
+    }
+
+    #[test]
+    fn api_status_labels_are_a_bounded_set() {
+        for code in API_STATUS_CODES {
+            assert_eq!(api_status_label(code), code.to_string());
+        }
+        assert_eq!(api_status_label(201), "2xx_other");
+        assert_eq!(api_status_label(302), "3xx_other");
+        assert_eq!(api_status_label(413), "4xx_other");
+        assert_eq!(api_status_label(599), "5xx_other");
+        let labels: std::collections::HashSet<&str> =
+            (0..=u16::MAX).map(api_status_label).collect();
+        assert_eq!(labels.len(), API_STATUS_CODES.len() + 5, "{labels:?}");
     }
 }

@@ -160,6 +160,7 @@ pub async fn run(
                 max: Duration::from_millis(s.api.retry_max_ms),
             },
             auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+            unconfirmed_retries: s.api.unconfirmed_retries,
             log_ids: s.log.log_ids,
         },
         metrics.clone(),
@@ -433,9 +434,13 @@ impl Coordinator {
                 region,
                 kind,
                 id,
+                reason,
                 message,
                 attempts,
-            } => (self.ledger.rejected(&region, kind, &id, &message), attempts),
+            } => (
+                self.ledger.rejected(&region, kind, &id, reason, &message),
+                attempts,
+            ),
         };
         for audit in &mut progress.audits {
             audit.attempts = attempts;
