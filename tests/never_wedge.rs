@@ -163,8 +163,11 @@ async fn a_failed_commit_is_retried_while_the_partition_is_idle() {
     s.api.set_latency(Duration::from_secs(2));
     let running = start(&s.toml("[api]\ntimeout_ms = 5000"));
     wait_for("requests in flight", Duration::from_secs(30), || {
-        let n = s.api.request_count();
-        async move { n > 0 }
+        let n = metric_sum(
+            &running.metrics.render(),
+            "clevertap_deleter_api_in_flight_requests",
+        );
+        async move { n > 0.0 }
     })
     .await;
     // The next commits fail: the ones of the final watermark.
