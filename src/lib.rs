@@ -24,6 +24,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod offsets;
+pub mod online;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;

@@ -818,14 +818,14 @@ pub fn run(
 
     let consumer: ReplayConsumer = replay_consumer_config(config, &group)
         .create_with_context(ReplayContext)
-        .map_err(|e| ReplayError::Config(format!("Kafka consumer settings: {e}")))?;
+        .map_err(|e| ReplayError::Config(config.settings.kafka.client_error(&e).to_string()))?;
     let producer: Option<BaseProducer> = if options.dry_run {
         // No producer at all: a dry run must not fence a real replay either.
         None
     } else {
         let producer: BaseProducer = replay_producer_config(config, &group)
             .create()
-            .map_err(|e| ReplayError::Config(format!("Kafka producer settings: {e}")))?;
+            .map_err(|e| ReplayError::Config(config.settings.kafka.client_error(&e).to_string()))?;
         // Before reading the position: this aborts a transaction a crashed
         // run left open, so the committed offsets are final.
         retrying("initializing transactions", || {
