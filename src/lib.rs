@@ -21,6 +21,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod limiter;
+pub mod log_throttle;
 pub mod logging;
 pub mod metrics;
 pub mod offsets;
