@@ -96,14 +96,12 @@ fn load_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 
 /// Loads the configuration and builds the Kafka clients offline, so a
 /// property librdkafka refuses is a configuration error (exit 2) before
-/// anything starts; librdkafka's configuration warnings go to stderr.
+/// anything starts; librdkafka's configuration warnings join the others.
 fn load_and_check_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    let config = load_or_exit(path)?;
+    let mut config = load_or_exit(path)?;
     match crate::pipeline::check_clients_offline(&config) {
         Ok(warnings) => {
-            for warning in warnings {
-                eprintln!("clevertap-deleter: warning: {warning}");
-            }
+            config.warnings.extend(warnings);
             Ok(config)
         }
         Err(e) => {
@@ -113,11 +111,21 @@ fn load_and_check_or_exit(path: Option<&std::path::Path>) -> Result<Config, Exit
     }
 }
 
+/// Logs the configuration's warnings, once logging is set up.
+pub fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
+}
+
 fn check_config(path: Option<&std::path::Path>, online: bool, timeout: u64) -> ExitCode {
     let c = match load_and_check_or_exit(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for warning in &c.warnings {
+        eprintln!("clevertap-deleter: warning: {warning}");
+    }
     print!("{}", config::redacted_toml(&c.settings));
     eprintln!(
         "configuration OK: {} region(s), topics {:?}",
@@ -203,6 +211,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             };
             cfg.settings.api.dry_run |= dry_run;
             crate::logging::init(&cfg.settings.log.format, &cfg.settings.log.level);
+            log_warnings(&cfg);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

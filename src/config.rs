@@ -499,7 +499,8 @@ pub struct Config {
     /// Certificates of `api.ca_file`, trusted on top of the platform's roots.
     pub extra_roots: Vec<reqwest::Certificate>,
     /// Problems that do not stop the daemon, e.g. a secret file readable by
-    /// others. [`load`] prints them to stderr.
+    /// others. `check-config` prints them to stderr; `run` and `replay-dlq`
+    /// log them at start.
     pub warnings: Vec<String>,
 }
 
@@ -540,13 +541,9 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     };
     let overrides = sources::env_overrides(std::env::vars_os())?;
     let settings = sources::settings_from(table, &overrides)?;
-    let config = validate_with_env(settings, &|name| std::env::var(name).ok())?;
-    // Logging is not set up yet (its settings are in this file), so warnings go
-    // straight to stderr, like configuration errors.
-    for warning in &config.warnings {
-        eprintln!("clevertap-deleter: warning: {warning}");
-    }
-    Ok(config)
+    // The caller shows `warnings`: on stderr for check-config, through the
+    // log (JSON or not, as configured) for run and replay-dlq.
+    validate_with_env(settings, &|name| std::env::var(name).ok())
 }
 
 /// Parses TOML text (used by tests and the demo) with no environment overrides.
@@ -978,7 +975,7 @@ fn resolve_region(
     }
     if is_placeholder_account_id(account_id) {
         warnings.push(format!(
-            "{}: `{account_id}` is the example file's placeholder; set the account id from CleverTap's dashboard (Settings > Project), or every request will be refused",
+            "{}: `{account_id}` is the example file's placeholder; set the account id from CleverTap's dashboard, or every request will be refused",
             key("account_id")
         ));
     }

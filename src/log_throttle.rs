@@ -58,8 +58,9 @@ fn is_connection_error(code: Option<RDKafkaErrorCode>) -> bool {
     )
 }
 
+/// A librdkafka log line without its thread prefix:
 /// `[thrd:host:9092/bootstrap]: host:9092/bootstrap: Connect to ...` -> from `host:9092/...`.
-fn without_thread(message: &str) -> &str {
+pub fn without_thread(message: &str) -> &str {
     match message.strip_prefix("[thrd:") {
         Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
         None => message,

@@ -77,12 +77,7 @@ impl ClientContext for Capture {
     // for a poll.
     fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "FAIL" || fac == "SASL" || fac == "SSL" {
-            // "[thrd:host:port/bootstrap]: host:port/bootstrap: Connect to ..."
-            let message = match message.strip_prefix("[thrd:") {
-                Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
-                None => message,
-            };
-            self.remember(message);
+            self.remember(crate::log_throttle::without_thread(message));
         }
     }
 

@@ -107,7 +107,7 @@ impl rdkafka::ClientContext for OfflineContext {
             self.warnings
                 .lock()
                 .expect("warnings lock")
-                .push(message.to_string());
+                .push(crate::log_throttle::without_thread(message).to_string());
         }
     }
 
@@ -141,9 +141,12 @@ pub fn check_clients_offline(config: &Config) -> Result<Vec<String>, crate::conf
         offline(producer_config(config))
             .create_with_context(OfflineContext::default())
             .map_err(|e| kafka.client_error(&e))?;
-    let mut warnings: Vec<String> = Vec::new();
     use rdkafka::consumer::Consumer;
     use rdkafka::producer::Producer;
+    // Log lines come through the clients' queues: serve them.
+    let _ = consumer.poll(Duration::ZERO);
+    producer.poll(Duration::ZERO);
+    let mut warnings: Vec<String> = Vec::new();
     for context in [consumer.context(), producer.context()] {
         for w in context.warnings.lock().expect("warnings lock").iter() {
             let w = format!("librdkafka: {}", kafka.redact(w));

@@ -953,6 +953,7 @@ pub fn run(
 /// configuration error, 1 on a Kafka error.
 pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
     crate::logging::init(&config.settings.log.format, &config.settings.log.level);
+    crate::cli::log_warnings(config);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match run(config, options, &mut out) {
