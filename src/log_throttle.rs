@@ -201,15 +201,18 @@ impl KafkaLinkLog {
         self.tick();
     }
 
-    /// Logs "still down" when a lasting outage is due for a line. Called on
-    /// every error and from the statistics callback.
+    /// Logs "still down" when a lasting outage is due for a line and errors
+    /// came since the last one. Called on every error and from the
+    /// statistics callback.
     pub fn tick(&self) {
         let mut inner = self.lock();
         let cause = inner.cause.clone().unwrap_or_else(|| "unknown".to_string());
         let Some(outage) = inner.down.as_mut() else {
             return;
         };
-        if outage.last_report.elapsed() < self.every {
+        // No error since the last line: the client is not failing, only idle
+        // (a producer with nothing to send may not reconnect at once).
+        if outage.last_report.elapsed() < self.every || outage.errors == 0 {
             return;
         }
         let down_for = outage.since.elapsed().as_secs();

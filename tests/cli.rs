@@ -1371,3 +1371,87 @@ fn sighup_is_logged_and_ignored() {
         "{stderr}"
     );
 }
+
+/// Accepts on `listener` and forwards every connection to `target`.
+fn forward(listener: std::net::TcpListener, target: String) {
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+}
+
+#[test]
+fn brokers_coming_up_are_logged_once_as_reachable_again() {
+    let kafka = Kafka::new();
+    let topic = unique("late-broker");
+    kafka.topic(&topic, 1);
+    kafka.topic(&format!("{topic}.dlq"), 1);
+    // The bootstrap address refuses connections until the broker "comes up".
+    let port = free_port();
+    let text = merge_toml(
+        &config_toml(
+            &format!("127.0.0.1:{port}"),
+            &topic,
+            &unique("late-group"),
+            "http://127.0.0.1:9",
+            "",
+        ),
+        &format!("[server]\nlisten = \"127.0.0.1:{}\"", free_port()),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), &text);
+    let captured = Captured::new();
+    let mut cmd = command(&["run", "--config", path.to_str().unwrap()], &[]);
+    captured.attach(&mut cmd);
+    let mut child = ChildGuard(cmd.spawn().expect("spawn"));
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, before) = captured.read();
+    assert!(
+        before
+            .lines()
+            .any(|l| l.contains("all Kafka brokers are down")),
+        "{before}"
+    );
+    forward(
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the bootstrap port"),
+        kafka.bootstrap.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, stderr) = captured.read();
+        if stderr.contains("Kafka brokers reachable again") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never logged as back up\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(child.0.id(), "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(30)).expect("exit after SIGTERM");
+    let (_, stderr) = captured.read();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.lines().count() < 25, "{stderr}");
+    let down = stderr
+        .lines()
+        .filter(|l| l.contains("all Kafka brokers are down"))
+        .count();
+    assert!(
+        (1..=2).contains(&down),
+        "one down line per client\n{stderr}"
+    );
+}
