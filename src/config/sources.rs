@@ -305,6 +305,37 @@ fn without_value(message: &str) -> String {
     format!("{}{}", head[..cut].trim_end(), &message[expected..])
 }
 
+/// The value at `path`, if it is text that reads strictly as a boolean or a
+/// whole number.
+fn typed_alternative(table: &toml::Table, path: &[String]) -> Option<toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut current = table;
+    for key in parents {
+        current = current.get(key)?.as_table()?;
+    }
+    let text = current.get(last)?.as_str()?;
+    match text {
+        "true" => Some(toml::Value::Boolean(true)),
+        "false" => Some(toml::Value::Boolean(false)),
+        _ if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            text.parse().ok().map(toml::Value::Integer)
+        }
+        _ => None,
+    }
+}
+
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("paths are never empty");
+    let mut current = table;
+    for key in parents {
+        match current.get_mut(key) {
+            Some(toml::Value::Table(t)) => current = t,
+            _ => return,
+        }
+    }
+    current.insert(last.clone(), value);
+}
+
 /// Deserializes; on failure finds the key at fault, the deepest one whose
 /// removal changes the error (serde's errors from a TOML value carry no key).
 fn deserialize(
@@ -328,6 +359,15 @@ fn deserialize(
         };
         if cured {
             let key = path.join(".");
+            if origins.contains_key(&key) {
+                // A key without a default (an optional number or flag) got
+                // the variable as text: try it as the number or flag it may be.
+                if let Some(typed) = typed_alternative(&table, &path) {
+                    let mut retyped = table.clone();
+                    set(&mut retyped, &path, typed);
+                    return deserialize(retyped, origins);
+                }
+            }
             let mut message = if is_secret_path(&path) {
                 without_value(&first)
             } else {
@@ -421,6 +461,32 @@ mod tests {
         assert_eq!(
             env_var_for("regions.eu1.account_id"),
             "CLEVERTAP_DELETER__REGIONS__EU1__ACCOUNT_ID"
+        );
+    }
+
+    #[test]
+    fn text_for_a_key_without_default_may_read_as_a_number_or_flag() {
+        let table = parse_file("[a]\nn = \"42\"\nb = \"true\"\ns = \"0x1\"").unwrap();
+        let path = |k: &str| vec!["a".to_string(), k.to_string()];
+        assert_eq!(
+            typed_alternative(&table, &path("n")),
+            Some(toml::Value::Integer(42))
+        );
+        assert_eq!(
+            typed_alternative(&table, &path("b")),
+            Some(toml::Value::Boolean(true))
+        );
+        assert_eq!(typed_alternative(&table, &path("s")), None);
+        // An unknown key stays an error after the retry.
+        let e = settings_from(
+            toml::Table::new(),
+            &env(&[("CLEVERTAP_DELETER__API__NEW_NUMBER", "7")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "api.new_number");
+        assert!(
+            e.message.contains("CLEVERTAP_DELETER__API__NEW_NUMBER"),
+            "{e}"
         );
     }
 }
