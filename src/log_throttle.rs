@@ -145,10 +145,19 @@ impl KafkaLinkLog {
         );
     }
 
-    /// From `ClientContext::log`: connection failures (`FAIL`) become the
-    /// cause; the rest is logged as librdkafka's own lines are by default.
+    /// From `ClientContext::log`: connection failures (`FAIL` at warning
+    /// level or worse) become the cause, reported by the state lines; the
+    /// rest is logged as rdkafka logs librdkafka's lines by default.
     pub fn librdkafka_log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if fac == "FAIL" {
+        let serious = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        );
+        if fac == "FAIL" && serious {
             self.lock().cause = Some(without_thread(message).to_string());
             return;
         }
