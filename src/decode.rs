@@ -35,10 +35,15 @@ pub enum DeadLetterReason {
     UnknownRegion,
     /// CleverTap answered 400 for this id alone.
     ApiRejected,
+    /// The type is missing or not a string, but the event carries ids.
+    MissingType,
+    /// The type, region or an id key (or a key on the way to one) appears
+    /// twice in one object.
+    DuplicateKey,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 11] = [
+    pub const ALL: [DeadLetterReason; 13] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::NotUtf8,
@@ -50,6 +55,8 @@ impl DeadLetterReason {
         DeadLetterReason::NoRegion,
         DeadLetterReason::UnknownRegion,
         DeadLetterReason::ApiRejected,
+        DeadLetterReason::MissingType,
+        DeadLetterReason::DuplicateKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +72,8 @@ impl DeadLetterReason {
             DeadLetterReason::NoRegion => "no_region",
             DeadLetterReason::UnknownRegion => "unknown_region",
             DeadLetterReason::ApiRejected => "api_rejected",
+            DeadLetterReason::MissingType => "missing_type",
+            DeadLetterReason::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -684,7 +693,240 @@ mod tests {
             d.decode(Some(br#"{"type":"user-created","guid":"g"}"#)),
             Decoded::Skip
         );
-        assert_eq!(d.decode(Some(br#"{"guid":"g"}"#)), Decoded::Skip);
+        assert_eq!(
+            d.decode(Some(br#"{"type":"","identity":["u"],"region":"mars"}"#)),
+            Decoded::Skip
+        );
+    }
+
+    /// A decoder and the same decoder forced onto the JSON-tree path.
+    fn both_paths(d: EventDecoder) -> [EventDecoder; 2] {
+        assert!(d.flat.is_some(), "top-level pointers take the fast path");
+        let mut tree = d.clone();
+        tree.flat = None;
+        [d, tree]
+    }
+
+    fn with_settings(settings: EventSettings) -> EventDecoder {
+        let regions: Vec<RegionAccount> = ["eu1", "in1"]
+            .iter()
+            .map(|n| RegionAccount {
+                name: RegionName::new(n),
+                account_id: "A".into(),
+                passcode: Secret::new("p"),
+                endpoint: "https://x".into(),
+            })
+            .collect();
+        EventDecoder::new(&settings, &regions)
+    }
+
+    /// "delete", "skip" or the dead-letter reason.
+    fn verdict(d: &EventDecoder, payload: &str) -> &'static str {
+        match d.decode(Some(payload.as_bytes())) {
+            Decoded::Delete(_) => "delete",
+            Decoded::Skip => "skip",
+            Decoded::DeadLetter(r) => r.reason.as_str(),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_non_string_type_with_ids_is_dead_lettered() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                r#"{"guid":"g"}"#,
+                r#"{"identity":["u1"],"region":"eu1"}"#,
+                r#"{"type":null,"identity":"u1"}"#,
+                r#"{"type":7,"guid":"g"}"#,
+                r#"{"type":true,"guid":"g"}"#,
+                r#"{"type":["user-deleted"],"guid":"g"}"#,
+                r#"{"type":{"name":"user-deleted"},"guid":"g"}"#,
+                // Something is at an id pointer, even if it is not a valid id.
+                r#"{"guid":""}"#,
+                r#"{"guid":42}"#,
+                r#"{"identity":[null]}"#,
+                r#"{"identity":null,"guid":{}}"#,
+            ] {
+                assert_eq!(verdict(d, payload), "missing_type", "{payload}");
+            }
+            let Decoded::DeadLetter(r) = d.decode(Some(br#"{"type":7,"guid":"g"}"#)) else {
+                panic!()
+            };
+            assert_eq!(r.detail, "type at `/type` is a number, not a string");
+        }
+    }
+
+    #[test]
+    fn untyped_events_without_ids_are_skipped() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                "{}",
+                r#"{"region":"eu1"}"#,
+                r#"{"identity":null,"guid":[]}"#,
+                r#"{"type":null,"user":"u1"}"#,
+                r#"{"type":5,"ids":["u1"]}"#,
+                r#"["guid","g"]"#,
+                r#""g""#,
+                "42",
+                "null",
+            ] {
+                assert_eq!(verdict(d, payload), "skip", "{payload}");
+            }
+        }
+        // Without a type filter every message is a deletion.
+        let untyped = with_settings(EventSettings {
+            type_pointer: String::new(),
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        for d in &both_paths(untyped) {
+            assert_eq!(verdict(d, r#"{"guid":"g"}"#), "delete");
+            assert_eq!(
+                verdict(d, r#"{"type":"user-created","guid":"g"}"#),
+                "delete"
+            );
+            assert_eq!(verdict(d, "{}"), "no_id");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_the_decoder_reads_is_dead_lettered() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                r#"{"type":"user-created","guid":"g","type":"user-deleted"}"#,
+                r#"{"type":"user-deleted","guid":"g","type":"user-created"}"#,
+                r#"{"type":"user-deleted","type":"user-deleted","guid":"g"}"#,
+                r#"{"type":"user-deleted","\u0074ype":"user-deleted","guid":"g"}"#,
+                r#"{"type":null,"type":"user-deleted","guid":"g"}"#,
+                r#"{"type":"user-deleted","identity":"alice","identity":"bob"}"#,
+                r#"{"type":"user-deleted","guid":["a"],"guid":null}"#,
+                r#"{"type":"user-deleted","guid":"g","region":"eu1","region":"in1"}"#,
+                r#"{"type":"user-deleted","guid":"g","region":null,"region":"eu1"}"#,
+                // Before the ids are looked at.
+                r#"{"type":"user-deleted","guid":42,"region":"eu1","region":"eu1"}"#,
+            ] {
+                assert_eq!(verdict(d, payload), "duplicate_key", "{payload}");
+            }
+            // Keys the decoder does not read may repeat.
+            for (payload, expected) in [
+                (
+                    r#"{"type":"user-deleted","guid":"g","x":1,"x":2}"#,
+                    "delete",
+                ),
+                (
+                    r#"{"type":"user-deleted","guid":"g","meta":{"type":"a","type":"b"}}"#,
+                    "delete",
+                ),
+                (
+                    r#"{"type":"user-deleted","guid":{"id":"a","id":"b"}}"#,
+                    "invalid_id",
+                ),
+                (r#"[{"type":"a"},{"type":"b","type":"c"}]"#, "skip"),
+                // Not a deletion event: what it repeats is not our business.
+                (r#"{"type":"user-created","guid":"a","guid":"b"}"#, "skip"),
+                // No type, but an id key (repeated, so its value is unclear).
+                (r#"{"guid":"a","guid":"b"}"#, "missing_type"),
+                (r#"{"guid":null,"guid":null}"#, "missing_type"),
+                (r#"{"region":"eu1","region":"in1"}"#, "skip"),
+            ] {
+                assert_eq!(verdict(d, payload), expected, "{payload}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_on_the_way_to_a_nested_field_is_dead_lettered() {
+        let d = with_settings(EventSettings {
+            type_pointer: "/meta/type".into(),
+            region_pointer: "/meta/region".into(),
+            identity_pointer: "/user/id".into(),
+            guid_pointer: "/users/1/id".into(),
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        assert!(d.flat.is_none());
+        let t = r#""meta":{"type":"user-deleted"}"#;
+        for payload in [
+            format!(r#"{{{t},"user":{{"id":"a"}},"user":{{"id":"b"}}}}"#),
+            format!(r#"{{{t},"user":{{"id":"a"}},"user":null}}"#),
+            format!(r#"{{{t},"user":{{"id":"a","id":"b"}}}}"#),
+            format!(r#"{{{t},{t},"user":{{"id":"a"}}}}"#),
+            r#"{"meta":{"type":"user-deleted","type":"user-deleted"},"user":{"id":"a"}}"#.into(),
+            r#"{"meta":{"type":"user-deleted","region":"eu1","region":"in1"},"user":{"id":"a"}}"#
+                .into(),
+            format!(r#"{{{t},"users":[{{}},{{"id":"a","id":"b"}}]}}"#),
+        ] {
+            assert_eq!(verdict(&d, &payload), "duplicate_key", "{payload}");
+        }
+        for (payload, expected) in [
+            (
+                format!(r#"{{{t},"user":{{"id":"a","name":"n","name":"m"}},"x":1,"x":{{}}}}"#),
+                "delete",
+            ),
+            (
+                r#"{"meta":{"type":"user-deleted","x":1,"x":2},"user":{"id":"a"}}"#.into(),
+                "delete",
+            ),
+            (
+                format!(r#"{{{t},"users":[{{"id":"a","id":"b"}},{{"id":"c"}}]}}"#),
+                "delete",
+            ),
+            (
+                format!(r#"{{{t},"users":{{"1":{{"id":"c"}},"1":{{"id":"d"}}}}}}"#),
+                "duplicate_key",
+            ),
+            (r#"{"meta":{},"user":{"id":"a"}}"#.into(), "missing_type"),
+            (r#"{"user":{"id":"a"}}"#.into(), "missing_type"),
+            (r#"{"user":{"name":"a"}}"#.into(), "skip"),
+        ] {
+            assert_eq!(verdict(&d, &payload), expected, "{payload}");
+        }
+    }
+
+    /// `levels` nested arrays or objects, `inner` in the middle.
+    fn nested(levels: usize, object: bool, inner: &str) -> String {
+        let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
+        format!("{}{inner}{}", open.repeat(levels), close.repeat(levels))
+    }
+
+    /// serde_json refuses a document nested 128 deep (its recursion limit)
+    /// and accepts 127; both paths refuse exactly that, wherever the deep
+    /// value is: in a field the decoder skips, in one it reads, or at the top.
+    #[test]
+    fn both_paths_refuse_the_same_nesting() {
+        let d = with_settings(EventSettings {
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        for d in &both_paths(d) {
+            for object in [false, true] {
+                for depth in [126, 127, 128, 129] {
+                    let in_unread = format!(
+                        r#"{{"type":"user-deleted","guid":"g","x":{}}}"#,
+                        nested(depth - 1, object, "1")
+                    );
+                    let in_read = format!(
+                        r#"{{"type":"user-deleted","guid":"g","identity":{}}}"#,
+                        nested(depth - 1, object, "1")
+                    );
+                    let on_top = nested(depth, object, "1");
+                    let cases = [
+                        (in_unread, "delete"),
+                        (in_read, "invalid_id"),
+                        (on_top, "skip"),
+                    ];
+                    for (payload, below_the_limit) in cases {
+                        let serde_json_accepts = serde_json::from_str::<Value>(&payload).is_ok();
+                        assert_eq!(serde_json_accepts, depth < 128, "serde_json's limit moved");
+                        let expected = if depth < 128 {
+                            below_the_limit
+                        } else {
+                            "not_json"
+                        };
+                        assert_eq!(verdict(d, &payload), expected, "depth {depth}: {payload}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
