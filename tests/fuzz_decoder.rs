@@ -597,7 +597,7 @@ fn repeated_keys_follow_the_rules() {
     );
     run(
         "repeated keys",
-        10_000,
+        5_000,
         inputs,
         |((event, _), key, v1, v2, at1, at2)| {
             let Value::Object(event) = event else {
