@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::health::{any_broker_up, Health};
-use crate::metrics::Metrics;
 use crate::log_throttle::KafkaLinkLog;
+use crate::metrics::Metrics;
 
 /// The producer the dead-letter and audit writers share.
 pub type RecordProducer = FutureProducer<BrokerWatch>;
