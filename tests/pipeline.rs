@@ -542,6 +542,9 @@ async fn memory_stays_bounded_while_the_api_is_down() {
             ),
         )
     };
+    // Two commit ticks after the pause: the gauges show the held state and
+    // whatever was already read when the hold began has been admitted.
+    commit_ticks(&running, 2).await;
     let held_at_pause = running.metrics.events_in_memory.get();
     let consumed_at_pause = consumed();
     // The bound: the configured maximum, the source channel, and what
