@@ -13,6 +13,30 @@ use crate::ledger::Finish;
 
 const PREFIX: &str = "clevertap_deleter";
 
+/// The git commit this binary was built from (build.rs), or "unknown".
+pub const GIT_COMMIT: &str = env!("CLEVERTAP_DELETER_GIT_COMMIT");
+
+/// `status` values of `api_requests_total` created at start for every
+/// region, so the first 429 or 5xx of a region is an increase from 0.
+const PREINITIALIZED_API_STATUSES: [&str; 13] = [
+    "200",
+    "400",
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "timeout",
+    "connect_error",
+    "transport_error",
+];
+
+/// The statuses that hold a region (`region_auth_failures_total`).
+const AUTH_FAILURE_STATUSES: [&str; 3] = ["401", "403", "404"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -191,7 +215,7 @@ impl Metrics {
             .expect("valid metric")),
             consumer_lag: reg!(gauge_vec(
                 "consumer_lag_messages",
-                "Messages between the consumer's position and the partition's end, from librdkafka statistics.",
+                "Messages between the consumer's position and the partition's end, per assigned partition (from assignment on; refreshed every statistics.interval.ms).",
                 &["topic", "partition"]
             )),
             audit_records: reg!(counter_vec(
@@ -232,12 +256,26 @@ impl Metrics {
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
-            opts("build_info", "Build information; always 1."),
-            &["version"],
+            opts(
+                "build_info",
+                "Build information: version, git commit and librdkafka version; always 1.",
+            ),
+            &["version", "git_commit", "librdkafka_version"],
         )
         .expect("valid metric");
         registry.register(Box::new(build.clone())).expect("unique");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_COMMIT, librdkafka.as_str()])
+            .set(1);
+        // process_resident_memory_bytes, process_cpu_seconds_total,
+        // process_open_fds, process_max_fds, process_start_time_seconds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         m.preinitialize();
         m
     }
@@ -281,6 +319,23 @@ impl Metrics {
         self.region_held.with_label_values(&[region]).set(0);
         self.api_in_flight.with_label_values(&[region]).set(0);
         self.api_request_duration.with_label_values(&[region]);
+        for status in PREINITIALIZED_API_STATUSES {
+            self.api_requests.with_label_values(&[region, status]);
+        }
+        for status in AUTH_FAILURE_STATUSES {
+            self.region_auth_failures
+                .with_label_values(&[region, status]);
+        }
+    }
+
+    /// Per-topic series, created when the consumer subscribes: a topic that
+    /// has not delivered anything yet reads 0. Patterns (`^...`) are skipped.
+    pub fn register_topics<S: AsRef<str>>(&self, topics: &[S]) {
+        for topic in topics.iter().map(AsRef::as_ref) {
+            if !topic.starts_with('^') {
+                self.events_consumed.with_label_values(&[topic]);
+            }
+        }
     }
 
     pub fn render(&self) -> String {
@@ -313,6 +368,44 @@ mod tests {
         assert!(
             text.contains("clevertap_deleter_ids_deleted_total{kind=\"guid\",region=\"eu1\"} 0")
         );
-        assert!(text.contains("clevertap_deleter_build_info{version="));
+        assert!(text.contains(&format!(
+            "clevertap_deleter_build_info{{git_commit=\"{GIT_COMMIT}\",librdkafka_version=\"{}\",version=\"{}\"}} 1",
+            rdkafka::util::get_rdkafka_version().1,
+            env!("CARGO_PKG_VERSION")
+        )), "{text}");
+        // The first 429 of a region and its first auth failure are
+        // increases from 0, not new series.
+        assert!(
+            text.contains("clevertap_deleter_api_requests_total{region=\"eu1\",status=\"429\"} 0")
+        );
+        assert!(text.contains(
+            "clevertap_deleter_region_auth_failures_total{region=\"eu1\",status=\"401\"} 0"
+        ));
+        m.register_topics(&["user-deleted", "^pattern.*"]);
+        let text = m.render();
+        assert!(text.contains("clevertap_deleter_events_consumed_total{topic=\"user-deleted\"} 0"));
+        assert!(!text.contains("pattern"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exports_process_metrics() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            let value: f64 = value.parse().expect("a number");
+            if name != "process_cpu_seconds_total" {
+                assert!(value > 0.0, "{name} = {value}");
+            }
+        }
     }
 }
