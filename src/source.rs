@@ -346,9 +346,12 @@ fn consume(
     // Per topic, once: the shared name, the consumed counter, and per
     // partition the offset expected next (to notice records lost unread).
     let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
+    // Positions are a local read; taken often so the lag thread pairs a
+    // fresh end offset with a fresh position.
+    let positions_every = lag_every.min(Duration::from_millis(100));
     let mut lag_due = std::time::Instant::now();
     loop {
-        if lag_due.elapsed() >= lag_every {
+        if lag_due.elapsed() >= positions_every {
             lag_due = std::time::Instant::now();
             if let Ok(positions) = consumer.position() {
                 consumer.context().lag.positions(&positions);
