@@ -145,6 +145,7 @@ def draw_panel(ax, panel, series, start, end, phases):
         return
     stacked = custom.get("stacking", {}).get("mode", "none") == "normal"
     right = None
+    right_max = None
     base = None
     handles = []
     for i, (name, points) in enumerate(series):
@@ -155,9 +156,7 @@ def draw_panel(ax, panel, series, start, end, phases):
                 right = ax.twinx()
                 right_unit = props.get("unit", "short")
                 right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, right_unit)))
-                right.set_ylim(bottom=0)
-                if "max" in props:
-                    right.set_ylim(0, props["max"] * 1.05)
+                right_max = props.get("max")
             target = right
         ts = [t for t, _ in points]
         vs = [v for _, v in points]
@@ -188,6 +187,9 @@ def draw_panel(ax, panel, series, start, end, phases):
                 target.fill_between(ts, vs, alpha=fill / 100.0 * 0.5, color=line.get_color(),
                                     step="post" if step else None)
         handles.append(line)
+    if right is not None:
+        # After plotting: set_ylim stops autoscaling.
+        right.set_ylim(bottom=0, top=right_max * 1.05 if right_max is not None else None)
     if custom.get("thresholdsStyle", {}).get("mode") == "line":
         for s in defaults.get("thresholds", {}).get("steps", []):
             if s.get("value") is not None:
