@@ -919,7 +919,6 @@ async fn alerts_fire_against_live_daemons_in_a_real_prometheus() {
     let instance2 = d2.target();
     let instance3 = format!("127.0.0.1:{p3}");
     let mut report: Vec<Expect> = Vec::new();
-    let warmup_pending: Vec<String>;
     let mut phases: Vec<(String, f64)> = vec![("start".into(), run_start)];
 
     // ------------------------------------------------------------ A: healthy
@@ -980,7 +979,7 @@ async fn alerts_fire_against_live_daemons_in_a_real_prometheus() {
             && s.first_pending.is_some_and(|p| p < healthy_from)
             && !s.firing_now
     });
-    warmup_pending = startup
+    let warmup_pending: Vec<String> = startup
         .iter()
         .map(|s| {
             format!(
