@@ -72,15 +72,19 @@ pub enum AuditStatus {
     Deleted,
     /// CleverTap refused the id; its events went to the dead-letter topic.
     Rejected,
+    /// CleverTap's 2xx answers for the id never said success; its events
+    /// went to the dead-letter topic (reason `unconfirmed`).
+    Unconfirmed,
     /// The ids were confirmed deleted shortly before (the recently-deleted
     /// memory): these events finished without a request of their own.
     AlreadyDeleted,
 }
 
 impl AuditStatus {
-    pub const ALL: [AuditStatus; 3] = [
+    pub const ALL: [AuditStatus; 4] = [
         AuditStatus::Deleted,
         AuditStatus::Rejected,
+        AuditStatus::Unconfirmed,
         AuditStatus::AlreadyDeleted,
     ];
 
@@ -88,6 +92,7 @@ impl AuditStatus {
         match self {
             AuditStatus::Deleted => "deleted",
             AuditStatus::Rejected => "rejected",
+            AuditStatus::Unconfirmed => "unconfirmed",
             AuditStatus::AlreadyDeleted => "already_deleted",
         }
     }
@@ -149,6 +154,24 @@ pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<Audit
         out[i].sources.dedup();
     }
     out
+}
+
+/// One owned partition as the status view shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset the group coordinator last confirmed for this member.
+    pub committed: Option<i64>,
+    /// One past the last offset read.
+    pub read_up_to: Option<i64>,
+    /// What the next commit will carry: the oldest unfinished offset.
+    pub committable: Option<i64>,
+    /// Offsets read but held back behind the oldest unfinished event.
+    pub held_back: i64,
+    pub unfinished: usize,
+    pub oldest_unfinished_offset: Option<i64>,
+    pub oldest_unfinished_age_secs: Option<f64>,
 }
 
 /// An instruction to write one event to the dead-letter topic.
@@ -463,21 +486,10 @@ impl Ledger {
         sources
     }
 
-    /// CleverTap rejected this one id (a 400 on a single-id request, or an
-    /// answer that never confirmed it): its events go to the dead-letter
-    /// topic with `reason`, after an audit record names them (audit on).
+    /// The dispatcher gave up on this one id: CleverTap rejected it (400 on
+    /// a single-id request, `ApiRejected`) or never confirmed its deletion
+    /// (`Unconfirmed`). Its events are dead-lettered with `reason`.
     pub fn rejected(
-        &mut self,
-        region: &RegionName,
-        kind: IdKind,
-        id: &Arc<str>,
-        message: &str,
-    ) -> Progress {
-        self.rejected_with(region, kind, id, DeadLetterReason::ApiRejected, message)
-    }
-
-    /// [`Ledger::rejected`] with the dead-letter reason to give.
-    pub fn rejected_with(
         &mut self,
         region: &RegionName,
         kind: IdKind,
@@ -491,16 +503,24 @@ impl Ledger {
             kind,
             id: id.clone(),
         };
-        let rejection = Rejection {
-            reason,
-            detail: format!("CleverTap rejected this {kind}: {message}"),
+        let detail = match reason {
+            DeadLetterReason::ApiRejected => format!("CleverTap rejected this {kind}: {message}"),
+            DeadLetterReason::Unconfirmed => {
+                format!("CleverTap did not confirm the deletion of this {kind}: {message}")
+            }
+            _ => message.to_string(),
         };
+        let rejection = Rejection { reason, detail };
         let waiting: Vec<EventId> = self.deletions.reject(&key).into_iter().collect();
         let audit = self.audit.then(|| AuditDue {
             region: region.clone(),
             kind,
             ids: vec![id.clone()],
-            status: AuditStatus::Rejected,
+            status: if reason == DeadLetterReason::Unconfirmed {
+                AuditStatus::Unconfirmed
+            } else {
+                AuditStatus::Rejected
+            },
             message: Some(message.to_string()),
             attempts: 0,
             sources: Vec::new(),
@@ -663,6 +683,44 @@ impl Ledger {
         self.events.len()
     }
 
+    /// Per owned partition, what the status view shows, sorted.
+    pub fn partition_views(&self, now: Instant) -> Vec<PartitionView> {
+        let mut oldest: HashMap<&PartitionId, (i64, Instant)> = HashMap::default();
+        for e in self.events.values() {
+            let slot = oldest.entry(&e.partition).or_insert((e.offset, e.admitted));
+            if e.offset < slot.0 {
+                *slot = (e.offset, e.admitted);
+            }
+        }
+        let mut views: Vec<PartitionView> = self
+            .offsets
+            .partitions()
+            .filter_map(|p| {
+                let w = self.offsets.view(p)?;
+                let (committed, next, committable, unfinished) =
+                    (w.confirmed, w.next, w.committable, w.unfinished);
+                let oldest = oldest.get(p);
+                Some(PartitionView {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    committed,
+                    read_up_to: next,
+                    committable,
+                    held_back: match (committable, next) {
+                        (Some(c), Some(n)) => n - c,
+                        _ => 0,
+                    },
+                    unfinished,
+                    oldest_unfinished_offset: oldest.map(|o| o.0),
+                    oldest_unfinished_age_secs: oldest
+                        .map(|o| now.saturating_duration_since(o.1).as_secs_f64()),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        views
+    }
+
     /// When the oldest unfinished event entered the pipeline.
     pub fn oldest_admitted(&self) -> Option<Instant> {
         self.events.values().map(|e| e.admitted).min()
@@ -765,7 +823,13 @@ mod tests {
         // Revoked before success: a redelivery must send it again once the
         // first request is gone.
         l.revoke(std::slice::from_ref(&p));
-        let rejected = l.rejected(&RegionName::new("eu1"), G, &b[0].ids()[0], "bad");
+        let rejected = l.rejected(
+            &RegionName::new("eu1"),
+            G,
+            &b[0].ids()[0],
+            DeadLetterReason::ApiRejected,
+            "bad",
+        );
         assert!(
             rejected.dead_letters.is_empty(),
             "revoked events are not dead-lettered"
@@ -862,6 +926,7 @@ mod tests {
             &RegionName::new("eu1"),
             G,
             &Arc::from("bad"),
+            DeadLetterReason::ApiRejected,
             "Invalid guid",
         );
         assert_eq!(pr.dead_letters.len(), 1, "event 1 has nothing else pending");

@@ -16,26 +16,50 @@ const PREFIX: &str = "clevertap_deleter";
 /// The git commit this binary was built from (build.rs), or "unknown".
 pub const GIT_COMMIT: &str = env!("CLEVERTAP_DELETER_GIT_COMMIT");
 
-/// `status` values of `api_requests_total` created at start for every
-/// region, so the first 429 or 5xx of a region is an increase from 0.
-const PREINITIALIZED_API_STATUSES: [&str; 13] = [
-    "200",
-    "400",
-    "401",
-    "403",
-    "404",
-    "429",
-    "500",
-    "502",
-    "503",
-    "504",
+/// `status` values of `api_requests_total` besides [`API_STATUS_CODES`]:
+/// the classes of other codes and the transport errors. With those codes,
+/// every value is created at start for every region, so the first 429 or
+/// 5xx of a region is an increase from 0.
+const OTHER_API_STATUSES: [&str; 9] = [
+    "2xx_other",
+    "3xx_other",
+    "4xx_other",
+    "5xx_other",
+    "other",
     "timeout",
     "connect_error",
     "transport_error",
+    "invalid_request",
 ];
 
 /// The statuses that hold a region (`region_auth_failures_total`).
-const AUTH_FAILURE_STATUSES: [&str; 3] = ["401", "403", "404"];
+const AUTH_FAILURE_STATUSES: [&str; 4] = ["401", "403", "404", "invalid_request"];
+
+/// HTTP statuses that get their own `status` label value in
+/// `api_requests_total`: the answers the contract documents, and the usual
+/// proxy and gateway ones.
+pub const API_STATUS_CODES: [u16; 12] =
+    [200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504];
+
+/// The `status` label of `api_requests_total` for an HTTP status: the code
+/// itself when it is one of [`API_STATUS_CODES`], else its class
+/// (`2xx_other` .. `5xx_other`), else `other`. A misbehaving endpoint cannot
+/// create more than these 17 series per region (with the transport errors).
+pub fn api_status_label(status: u16) -> &'static str {
+    const LABELS: [&str; 12] = [
+        "200", "204", "400", "401", "403", "404", "408", "429", "500", "502", "503", "504",
+    ];
+    if let Some(i) = API_STATUS_CODES.iter().position(|c| *c == status) {
+        return LABELS[i];
+    }
+    match status {
+        200..=299 => "2xx_other",
+        300..=399 => "3xx_other",
+        400..=499 => "4xx_other",
+        500..=599 => "5xx_other",
+        _ => "other",
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -115,7 +139,7 @@ impl Metrics {
             )),
             api_requests: reg!(counter_vec(
                 "api_requests_total",
-                "Delete User Profile requests by region and HTTP status (or timeout, connect_error, transport_error).",
+                "Delete User Profile requests by region and HTTP status (200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, else 2xx_other..5xx_other or other; or timeout, connect_error, transport_error).",
                 &["region", "status"]
             )),
             api_request_duration: reg!(HistogramVec::new(
@@ -221,7 +245,7 @@ impl Metrics {
             )),
             audit_records: reg!(counter_vec(
                 "audit_records_total",
-                "Audit records acknowledged by the broker, by status (deleted, rejected, already_deleted).",
+                "Audit records acknowledged by the broker, by status (deleted, rejected, unconfirmed, already_deleted).",
                 &["status"]
             )),
             redelivered_events: reg!(IntCounter::with_opts(opts(
@@ -320,7 +344,11 @@ impl Metrics {
         self.region_held.with_label_values(&[region]).set(0);
         self.api_in_flight.with_label_values(&[region]).set(0);
         self.api_request_duration.with_label_values(&[region]);
-        for status in PREINITIALIZED_API_STATUSES {
+        for code in API_STATUS_CODES {
+            self.api_requests
+                .with_label_values(&[region, api_status_label(code)]);
+        }
+        for status in OTHER_API_STATUSES {
             self.api_requests.with_label_values(&[region, status]);
         }
         for status in AUTH_FAILURE_STATUSES {
@@ -382,6 +410,11 @@ mod tests {
         assert!(text.contains(
             "clevertap_deleter_region_auth_failures_total{region=\"eu1\",status=\"401\"} 0"
         ));
+        let statuses = text
+            .lines()
+            .filter(|l| l.starts_with("clevertap_deleter_api_requests_total{region=\"eu1\""))
+            .count();
+        assert_eq!(statuses, 21, "the whole bounded status set");
         m.register_topics(&["user-deleted", "^pattern.*"]);
         let text = m.render();
         assert!(text.contains("clevertap_deleter_events_consumed_total{topic=\"user-deleted\"} 0"));
@@ -408,5 +441,19 @@ mod tests {
                 assert!(value > 0.0, "{name} = {value}");
             }
         }
+    }
+
+    #[test]
+    fn api_status_labels_are_a_bounded_set() {
+        for code in API_STATUS_CODES {
+            assert_eq!(api_status_label(code), code.to_string());
+        }
+        assert_eq!(api_status_label(201), "2xx_other");
+        assert_eq!(api_status_label(302), "3xx_other");
+        assert_eq!(api_status_label(413), "4xx_other");
+        assert_eq!(api_status_label(599), "5xx_other");
+        let labels: std::collections::HashSet<&str> =
+            (0..=u16::MAX).map(api_status_label).collect();
+        assert_eq!(labels.len(), API_STATUS_CODES.len() + 5, "{labels:?}");
     }
 }

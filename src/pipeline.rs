@@ -93,6 +93,79 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Collects what librdkafka says while a client is built offline, so
+/// nothing reaches the log.
+#[derive(Default)]
+struct OfflineContext {
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for OfflineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // Configuration warnings (CONFWARN) are worth showing; nothing else
+        // can happen without brokers.
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let serious = matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        );
+        if serious && fac == "CONFWARN" {
+            self.warnings
+                .lock()
+                .expect("warnings lock")
+                .push(crate::log_throttle::without_thread(message).to_string());
+        }
+    }
+
+    fn error(&self, _error: rdkafka::error::KafkaError, _reason: &str) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for OfflineContext {}
+
+impl rdkafka::producer::ProducerContext for OfflineContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Builds the consumer and the dead-letter producer from the configuration
+/// and drops them at once, without brokers (`bootstrap.servers` removed), so
+/// nothing connects: librdkafka checks every property name and value, the
+/// SASL mechanism and the TLS files as `run` would. Returns librdkafka's
+/// configuration warnings. Errors name the property and never show a secret.
+pub fn check_clients_offline(config: &Config) -> Result<Vec<String>, crate::config::ConfigError> {
+    let kafka = &config.settings.kafka;
+    let offline = |mut c: ClientConfig| {
+        c.remove("bootstrap.servers").remove("metadata.broker.list");
+        c
+    };
+    let consumer_context = OfflineContext::default();
+    let consumer: rdkafka::consumer::BaseConsumer<OfflineContext> =
+        offline(consumer_config(config))
+            .create_with_context(consumer_context)
+            .map_err(|e| kafka.client_error(&e))?;
+    let producer: rdkafka::producer::BaseProducer<OfflineContext> =
+        offline(producer_config(config))
+            .create_with_context(OfflineContext::default())
+            .map_err(|e| kafka.client_error(&e))?;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::Producer;
+    // Log lines come through the clients' queues: serve them.
+    let _ = consumer.poll(Duration::ZERO);
+    producer.poll(Duration::ZERO);
+    let mut warnings: Vec<String> = Vec::new();
+    for context in [consumer.context(), producer.context()] {
+        for w in context.warnings.lock().expect("warnings lock").iter() {
+            let w = format!("librdkafka: {}", kafka.redact(w));
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    drop(consumer);
+    drop(producer);
+    Ok(warnings)
+}
+
 fn is_consumer_only(key: &str) -> bool {
     key.starts_with("group.")
         || key.starts_with("partition.assignment")
@@ -160,6 +233,7 @@ pub async fn run(
                 max: Duration::from_millis(s.api.retry_max_ms),
             },
             auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+            unconfirmed_retries: s.api.unconfirmed_retries,
             log_ids: s.log.log_ids,
         },
         metrics.clone(),
@@ -218,6 +292,7 @@ pub async fn run(
         drain_timeout,
         dry_run: s.api.dry_run,
     };
+    let views = health.status_link().connect();
     let outcome = coordinator
         .run_loop(
             Inputs {
@@ -225,6 +300,7 @@ pub async fn run(
                 reports,
                 acks,
                 audited,
+                views,
             },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),
@@ -319,6 +395,8 @@ struct Inputs {
     reports: mpsc::UnboundedReceiver<DispatchReport>,
     acks: mpsc::UnboundedReceiver<DeadLetterAck>,
     audited: mpsc::UnboundedReceiver<AuditAck>,
+    /// Status requests from the HTTP server.
+    views: mpsc::Receiver<crate::status::ViewRequest>,
 }
 
 impl Coordinator {
@@ -334,6 +412,7 @@ impl Coordinator {
             mut reports,
             mut acks,
             mut audited,
+            mut views,
         } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
@@ -386,6 +465,14 @@ impl Coordinator {
                 }
                 _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
+                Some(reply) = views.recv() => {
+                    let _ = reply.send(crate::status::PipelineView {
+                        events_in_memory: self.ledger.events_in_memory(),
+                        consumer_paused: self.paused,
+                        partitions: self.ledger.partition_views(Instant::now()),
+                        regions: self.dispatcher.region_views(),
+                    });
+                }
                 _ = commit_tick.tick() => {
                     self.commit();
                     self.update_gauges();
@@ -420,9 +507,13 @@ impl Coordinator {
                 region,
                 kind,
                 id,
+                reason,
                 message,
                 attempts,
-            } => (self.ledger.rejected(&region, kind, &id, &message), attempts),
+            } => (
+                self.ledger.rejected(&region, kind, &id, reason, &message),
+                attempts,
+            ),
         };
         for audit in &mut progress.audits {
             audit.attempts = attempts;

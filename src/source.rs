@@ -21,6 +21,7 @@ use crate::decode::{Decoded, EventDecoder};
 use crate::health::{any_broker_up, Health};
 use crate::lag::LagTracker;
 use crate::ledger::RawRecord;
+use crate::log_throttle::KafkaLinkLog;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
 use crate::retention;
@@ -115,6 +116,8 @@ struct SourceContext {
     /// no LeaveGroup is sent and a restart within the session timeout gets
     /// the same partitions back with no rebalance.
     static_member: bool,
+    /// Connection problems as state changes, not one line per callback.
+    link: KafkaLinkLog,
     /// `consumer_lag_messages` of the assigned partitions (see `lag`).
     lag: LagTracker,
 }
@@ -195,20 +198,30 @@ impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         // The lag comes from `lag`: statistics measure it against the
         // committed offset and go stale for paused partitions.
-        self.health.set_kafka_connected(any_broker_up(&stats));
+        let up = any_broker_up(&stats);
+        self.health.set_kafka_connected(up);
+        if up {
+            self.link.up();
+        }
+        self.link.tick();
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.link.librdkafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.health.set_kafka_connected(false);
-                tracing::error!(%reason, "all Kafka brokers are down");
-            }
             Some(RDKafkaErrorCode::Fatal) => {
                 tracing::error!(error = %error, %reason, "fatal Kafka consumer error");
                 let _ = self.send_in_order(SourceEvent::Fatal(format!("{error}: {reason}")));
             }
-            _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
+            code => {
+                if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+                    self.health.set_kafka_connected(false);
+                }
+                self.link.client_error(&error, reason);
+            }
         }
     }
 }
@@ -250,6 +263,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 self.health.set_kafka_connected(true);
+                self.link.up();
                 if self.paused.load(Ordering::Relaxed) {
                     let _ = consumer.pause(tpl);
                 }
@@ -308,6 +322,7 @@ pub fn start(
             .client_config
             .get("group.instance.id")
             .is_some_and(|id| !id.is_empty()),
+        link: KafkaLinkLog::new("consumer"),
     };
     let consumer: BaseConsumer<SourceContext> =
         settings.client_config.create_with_context(context)?;
@@ -433,7 +448,7 @@ fn consume(
                 continue;
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
+                consumer.context().link.consumer_error(&e);
                 continue;
             }
             Some(Ok(m)) => m,

@@ -36,6 +36,13 @@ async fn every_deletion_is_audited_before_its_offsets_are_committed() {
     let api = fake_api(15).await;
     let rejected_id = events[10].deletions[0].id.clone();
     api.reject_ids([rejected_id.clone()]);
+    // Answered 200 with an empty body: never confirmed, dead-lettered.
+    let unconfirmed_id = events[20].deletions[0].id.clone();
+    assert_ne!(unconfirmed_id, rejected_id);
+    api.odd_ids(
+        [unconfirmed_id.clone()],
+        clevertap_deleter::fake_api::OddAnswer::Empty,
+    );
     // The audit topic refuses writes: deletions happen, nothing may commit.
     kafka
         .cluster
@@ -50,7 +57,7 @@ async fn every_deletion_is_audited_before_its_offsets_are_committed() {
         &topic,
         &group,
         &api.endpoint(),
-        &format!("[kafka]\naudit_topic = \"{audit_topic}\""),
+        &format!("[kafka]\naudit_topic = \"{audit_topic}\"\n[api]\nunconfirmed_retries = 1"),
     );
     let running = start(&toml);
     wait_for("deletions at the API", Duration::from_secs(30), || {
@@ -143,6 +150,8 @@ async fn every_deletion_is_audited_before_its_offsets_are_committed() {
                 .unwrap_or_else(|| panic!("no audit record for event {i}"));
             if d.id == rejected_id {
                 assert_eq!(status, "rejected");
+            } else if d.id == unconfirmed_id {
+                assert_eq!(status, "unconfirmed");
             } else {
                 // A repeat found in the recently-deleted memory is named in
                 // an already_deleted record, which may come last.
@@ -178,6 +187,13 @@ async fn every_deletion_is_audited_before_its_offsets_are_committed() {
         metric(
             &text,
             "clevertap_deleter_audit_records_total{status=\"rejected\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_audit_records_total{status=\"unconfirmed\"}"
         ),
         1.0
     );

@@ -116,7 +116,11 @@ async fn a_dead_letter_topic_that_refuses_writes_holds_visibly_and_shutdown_does
             .any(|r| r.contains("dead_letter writes held") && r.contains(&dlq_topic)),
         "{reasons:?}"
     );
-    assert_eq!(s.api.deletion_counts().len(), 999, "the others are deleted");
+    wait_for("the others deleted", Duration::from_secs(30), || {
+        let n = s.api.deletion_counts().len();
+        async move { n == 999 }
+    })
+    .await;
     // The commit of the tick that saw it may still be on its way.
     s.wait_committed(vec![100], Duration::from_secs(10)).await;
 
@@ -159,8 +163,11 @@ async fn a_failed_commit_is_retried_while_the_partition_is_idle() {
     s.api.set_latency(Duration::from_secs(2));
     let running = start(&s.toml("[api]\ntimeout_ms = 5000"));
     wait_for("requests in flight", Duration::from_secs(30), || {
-        let n = s.api.request_count();
-        async move { n > 0 }
+        let n = metric_sum(
+            &running.metrics.render(),
+            "clevertap_deleter_api_in_flight_requests",
+        );
+        async move { n > 0.0 }
     })
     .await;
     // The next commits fail: the ones of the final watermark.

@@ -398,6 +398,75 @@ async fn ids_clevertap_rejects_are_isolated_and_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_2xx_answers_are_never_deletions_and_end_as_unconfirmed_dead_letters() {
+    use clevertap_deleter::fake_api::OddAnswer;
+    let s = setup(1, 15).await;
+    let events = simple_events(60, |_| "eu1");
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    let odd = [
+        ("u3", OddAnswer::Empty),
+        ("u17", OddAnswer::NoContent),
+        ("u30", OddAnswer::Html),
+        ("u41", OddAnswer::Partial),
+        ("u45", OddAnswer::Unprocessed),
+        ("u50", OddAnswer::BomSuccess),
+    ];
+    for (id, answer) in odd {
+        s.api.odd_ids([id.to_string()], answer);
+    }
+    let running = start(
+        &s.toml("[batch]\nlinger_ms = 100\n[api]\nretry_max_ms = 20\nunconfirmed_retries = 1"),
+    );
+    s.wait_committed(vec![60], Duration::from_secs(60)).await;
+
+    // Deleted: every id but the five the fake never confirmed (the byte
+    // order mark before a success is read past).
+    let counts = s.api.deletion_counts();
+    assert_eq!(counts.len(), 55, "{counts:?}");
+    for (id, _) in &odd[..5] {
+        assert!(!deleted_identity(&s.api, "eu1", id), "{id}");
+    }
+    assert!(deleted_identity(&s.api, "eu1", "u50"));
+    assert!(s.api.violations().is_empty(), "{:?}", s.api.violations());
+    let dlq = s
+        .kafka
+        .read_all(&format!("{}.dlq", s.topic), 1, 5, Duration::from_secs(10));
+    let mut keys: Vec<String> = dlq
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["k17", "k3", "k30", "k41", "k45"]);
+    assert!(
+        dlq.iter().all(|r| r.headers["reason"] == "unconfirmed"),
+        "{dlq:?}"
+    );
+    let details: Vec<&str> = dlq.iter().map(|r| r.headers["detail"].as_str()).collect();
+    assert!(
+        details.iter().all(|d| d.starts_with(
+            "CleverTap did not confirm the deletion of this identity: no confirmation in 2 answers, the last: HTTP 20"
+        )),
+        "{details:?}"
+    );
+    let text = running.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_ids_deleted_total{kind=\"identity\",region=\"eu1\"}"
+        ),
+        55.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_dead_letters_total{reason=\"unconfirmed\"}"
+        ),
+        5.0
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_deletions_and_commits_them() {
     let s = setup(2, 15).await;
     // Well below the client timeout (2 s): these requests are slow, not failing.
