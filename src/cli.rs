@@ -59,6 +59,12 @@ pub enum Command {
         /// Where /metrics, /healthz and /readyz are served during the demo.
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: std::net::SocketAddr,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=64))]
+        partitions: i32,
+        /// After the summary, keep serving /metrics and /status until Ctrl-C.
+        #[arg(long)]
+        keep_serving: bool,
     },
     /// Move dead letters back to their source topic, in Kafka transactions.
     ReplayDlq {
@@ -67,6 +73,17 @@ pub enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         options: crate::replay::ReplayOptions,
+    },
+    /// Show a running daemon's state: partitions (committed, read, held back
+    /// behind which event), regions (held, in flight, limit), writers. Reads
+    /// GET /status. Exit 0 when it answered, 1 when it cannot be reached.
+    Status {
+        /// Base URL of the daemon's metrics/health listener.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the configuration and print it with secrets redacted. The
     /// Kafka clients are built (not connected), so librdkafka checks every
@@ -152,8 +169,56 @@ fn check_config(path: Option<&std::path::Path>, online: bool, timeout: u64) -> E
     }
 }
 
+/// `status`: fetches `GET {url}/status` and prints it.
+fn status(url: &str, json: bool) -> ExitCode {
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clevertap-deleter: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    let fetched = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let answer = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        if !answer.status().is_success() {
+            return Err(format!("answered {}", answer.status()));
+        }
+        answer.text().await.map_err(|e| e.to_string())
+    });
+    let body = match fetched {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("clevertap-deleter: cannot read {url}: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<crate::status::StatusReport>(&body) {
+        Ok(report) => {
+            print!("{}", crate::status::render_table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("clevertap-deleter: {url} did not answer a status report: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
 pub fn main_with(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Status { url, json } => status(&url, json),
         Command::CheckConfig {
             config,
             online,
@@ -166,6 +231,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
             throttle_rate,
             latency_ms,
             listen,
+            partitions,
+            keep_serving,
         } => {
             for (name, v) in [
                 ("--fail-rate", fail_rate),
@@ -189,7 +256,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 throttle_rate,
                 latency: std::time::Duration::from_millis(latency_ms),
                 listen,
-                partitions: 6,
+                partitions,
+                keep_serving,
             };
             match runtime.block_on(crate::demo::run(opts)) {
                 Ok(true) => ExitCode::SUCCESS,

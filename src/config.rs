@@ -721,6 +721,9 @@ pub fn validate_with_env(
     if let Some(warning) = drain_warning(&settings) {
         warnings.push(warning);
     }
+    if let Some(warning) = dead_letter_size_warning(&settings) {
+        warnings.push(warning);
+    }
 
     if settings.regions.is_empty() {
         return Err(ConfigError::new(
@@ -954,6 +957,29 @@ fn read_secret(
         return Err(ConfigError::new(name(""), "is empty"));
     }
     Ok(secret)
+}
+
+/// Bytes a dead letter carries besides the payload (key and headers), at most,
+/// near enough.
+const DEAD_LETTER_OVERHEAD: usize = 4 * 1024;
+
+/// Events up to `event.max_message_bytes` are accepted and, when bad,
+/// dead-lettered whole; the producer refuses records above its
+/// `message.max.bytes` (librdkafka's default 1,000,000), so those dead
+/// letters go out truncated. Not an error: said once, at start.
+fn dead_letter_size_warning(settings: &Settings) -> Option<String> {
+    let producer_max: usize = settings
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000);
+    let event_max = settings.event.max_message_bytes;
+    (event_max + DEAD_LETTER_OVERHEAD > producer_max).then(|| {
+        format!(
+            "event.max_message_bytes = {event_max} is more than the dead-letter producer writes              (message.max.bytes = {producer_max}, less about {DEAD_LETTER_OVERHEAD} bytes of headers):              bad events that large are dead-lettered as a truncated copy (16 KiB, with the original's              size and SHA-256); raise kafka.properties message.max.bytes (and the topic's              max.message.bytes) to keep them whole"
+        )
+    })
 }
 
 fn resolve_region(

@@ -939,6 +939,32 @@ fn check_config_refuses_what_the_readme_forbids() {
 }
 
 #[test]
+fn check_config_warns_when_bad_events_are_larger_than_the_producer_writes() {
+    let out = check_config(&valid_config("[event]\nmax_message_bytes = 2000000"), &[]);
+    assert_eq!(out.code(), Some(0), "{}", out.all());
+    assert!(
+        out.stderr.lines().any(|l| l.contains("warning")
+            && l.contains("event.max_message_bytes = 2000000")
+            && l.contains("message.max.bytes = 1000000")),
+        "{}",
+        out.all()
+    );
+    // Raised on the producer side too: no warning.
+    let out = check_config(
+        &valid_config(
+            "[event]\nmax_message_bytes = 2000000\n[kafka.properties]\n\"message.max.bytes\" = \"4000000\"",
+        ),
+        &[],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.all());
+    assert!(
+        !out.stderr.contains("event.max_message_bytes"),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
 fn check_config_refuses_loose_types_in_the_file() {
     for (extra, key) in [
         ("[api]\ndry_run = \"yes\"", "api.dry_run"),
