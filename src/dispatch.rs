@@ -564,9 +564,16 @@ mod tests {
             DispatchReport::Deleted { .. }
         ));
         let text = metrics.render();
-        let labels: Vec<&str> = text
+        // Every label value exists from the start (at 0): the ones that
+        // counted these answers, and no other.
+        let series: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("clevertap_deleter_api_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), 21, "the bounded set: {series:?}");
+        let labels: Vec<&str> = series
+            .iter()
+            .filter(|l| !l.ends_with(" 0"))
             .filter_map(|l| l.split("status=\"").nth(1)?.split('"').next())
             .collect();
         assert_eq!(labels.len(), 6, "{labels:?}");

@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod fake_api;
 pub mod health;
 pub mod ids;
+pub mod lag;
 pub mod ledger;
 pub mod limiter;
 pub mod log_throttle;

@@ -13,6 +13,28 @@ use crate::ledger::Finish;
 
 const PREFIX: &str = "clevertap_deleter";
 
+/// The git commit this binary was built from (build.rs), or "unknown".
+pub const GIT_COMMIT: &str = env!("CLEVERTAP_DELETER_GIT_COMMIT");
+
+/// `status` values of `api_requests_total` besides [`API_STATUS_CODES`]:
+/// the classes of other codes and the transport errors. With those codes,
+/// every value is created at start for every region, so the first 429 or
+/// 5xx of a region is an increase from 0.
+const OTHER_API_STATUSES: [&str; 9] = [
+    "2xx_other",
+    "3xx_other",
+    "4xx_other",
+    "5xx_other",
+    "other",
+    "timeout",
+    "connect_error",
+    "transport_error",
+    "invalid_request",
+];
+
+/// The statuses that hold a region (`region_auth_failures_total`).
+const AUTH_FAILURE_STATUSES: [&str; 4] = ["401", "403", "404", "invalid_request"];
+
 /// HTTP statuses that get their own `status` label value in
 /// `api_requests_total`: the answers the contract documents, and the usual
 /// proxy and gateway ones.
@@ -206,7 +228,8 @@ impl Metrics {
                 )
                 .namespace(PREFIX)
                 .buckets(vec![
-                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0
+                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+                    14400.0, 21600.0, 43200.0, 86400.0
                 ])
             )
             .expect("valid metric")),
@@ -217,7 +240,7 @@ impl Metrics {
             .expect("valid metric")),
             consumer_lag: reg!(gauge_vec(
                 "consumer_lag_messages",
-                "Messages between the consumer's position and the partition's end, from librdkafka statistics.",
+                "Messages between the consumer's position and the partition's end, per assigned partition (from assignment on; refreshed every statistics.interval.ms).",
                 &["topic", "partition"]
             )),
             audit_records: reg!(counter_vec(
@@ -258,12 +281,26 @@ impl Metrics {
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
-            opts("build_info", "Build information; always 1."),
-            &["version"],
+            opts(
+                "build_info",
+                "Build information: version, git commit and librdkafka version; always 1.",
+            ),
+            &["version", "git_commit", "librdkafka_version"],
         )
         .expect("valid metric");
         registry.register(Box::new(build.clone())).expect("unique");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_COMMIT, librdkafka.as_str()])
+            .set(1);
+        // process_resident_memory_bytes, process_cpu_seconds_total,
+        // process_open_fds, process_max_fds, process_start_time_seconds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         m.preinitialize();
         m
     }
@@ -307,6 +344,27 @@ impl Metrics {
         self.region_held.with_label_values(&[region]).set(0);
         self.api_in_flight.with_label_values(&[region]).set(0);
         self.api_request_duration.with_label_values(&[region]);
+        for code in API_STATUS_CODES {
+            self.api_requests
+                .with_label_values(&[region, api_status_label(code)]);
+        }
+        for status in OTHER_API_STATUSES {
+            self.api_requests.with_label_values(&[region, status]);
+        }
+        for status in AUTH_FAILURE_STATUSES {
+            self.region_auth_failures
+                .with_label_values(&[region, status]);
+        }
+    }
+
+    /// Per-topic series, created when the consumer subscribes: a topic that
+    /// has not delivered anything yet reads 0. Patterns (`^...`) are skipped.
+    pub fn register_topics<S: AsRef<str>>(&self, topics: &[S]) {
+        for topic in topics.iter().map(AsRef::as_ref) {
+            if !topic.starts_with('^') {
+                self.events_consumed.with_label_values(&[topic]);
+            }
+        }
     }
 
     pub fn render(&self) -> String {
@@ -339,7 +397,50 @@ mod tests {
         assert!(
             text.contains("clevertap_deleter_ids_deleted_total{kind=\"guid\",region=\"eu1\"} 0")
         );
-        assert!(text.contains("clevertap_deleter_build_info{version="));
+        assert!(text.contains(&format!(
+            "clevertap_deleter_build_info{{git_commit=\"{GIT_COMMIT}\",librdkafka_version=\"{}\",version=\"{}\"}} 1",
+            rdkafka::util::get_rdkafka_version().1,
+            env!("CARGO_PKG_VERSION")
+        )), "{text}");
+        // The first 429 of a region and its first auth failure are
+        // increases from 0, not new series.
+        assert!(
+            text.contains("clevertap_deleter_api_requests_total{region=\"eu1\",status=\"429\"} 0")
+        );
+        assert!(text.contains(
+            "clevertap_deleter_region_auth_failures_total{region=\"eu1\",status=\"401\"} 0"
+        ));
+        let statuses = text
+            .lines()
+            .filter(|l| l.starts_with("clevertap_deleter_api_requests_total{region=\"eu1\""))
+            .count();
+        assert_eq!(statuses, 21, "the whole bounded status set");
+        m.register_topics(&["user-deleted", "^pattern.*"]);
+        let text = m.render();
+        assert!(text.contains("clevertap_deleter_events_consumed_total{topic=\"user-deleted\"} 0"));
+        assert!(!text.contains("pattern"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exports_process_metrics() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            let value: f64 = value.parse().expect("a number");
+            if name != "process_cpu_seconds_total" {
+                assert!(value > 0.0, "{name} = {value}");
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::decode::{Decoded, EventDecoder};
 use crate::health::{any_broker_up, Health};
+use crate::lag::LagTracker;
 use crate::ledger::RawRecord;
 use crate::log_throttle::KafkaLinkLog;
 use crate::metrics::Metrics;
@@ -117,6 +118,8 @@ struct SourceContext {
     static_member: bool,
     /// Connection problems as state changes, not one line per callback.
     link: KafkaLinkLog,
+    /// `consumer_lag_messages` of the assigned partitions (see `lag`).
+    lag: LagTracker,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -193,22 +196,14 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
+        // The lag comes from `lag`: statistics measure it against the
+        // committed offset and go stale for paused partitions.
         let up = any_broker_up(&stats);
         self.health.set_kafka_connected(up);
         if up {
             self.link.up();
         }
         self.link.tick();
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic, &partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
@@ -238,6 +233,7 @@ impl ConsumerContext for SourceContext {
         };
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         let partitions = partitions_of(tpl);
+        self.lag.revoked(&partitions);
         tracing::info!(
             count = partitions.len(),
             "partitions revoked; draining them before the commit"
@@ -308,7 +304,11 @@ pub fn start(
     metrics: Metrics,
     health: Health,
 ) -> Result<KafkaSource, KafkaError> {
+    metrics.register_topics(&settings.topics);
+    let lag_every = lag_interval(&settings.client_config);
+    let lag = LagTracker::start(&settings.client_config, lag_every, metrics.clone());
     let context = SourceContext {
+        lag,
         events: events.clone(),
         pending: std::sync::Mutex::new(Vec::with_capacity(SOURCE_CHUNK)),
         health,
@@ -333,7 +333,16 @@ pub fn start(
     let intake_held = settings.intake_held;
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
-        .spawn(move || consume(consumer, decoder, command_rx, metrics, intake_held))
+        .spawn(move || {
+            consume(
+                consumer,
+                decoder,
+                command_rx,
+                metrics,
+                intake_held,
+                lag_every,
+            )
+        })
         .expect("spawning a thread");
     Ok(KafkaSource { commands, thread })
 }
@@ -344,6 +353,7 @@ fn consume(
     commands: std_mpsc::Receiver<SourceCommand>,
     metrics: Metrics,
     intake_held: Arc<AtomicBool>,
+    lag_every: Duration,
 ) {
     let consumer = Arc::new(consumer);
     let mut held_since: Option<std::time::Instant> = None;
@@ -351,7 +361,17 @@ fn consume(
     // Per topic, once: the shared name, the consumed counter, and per
     // partition the offset expected next (to notice records lost unread).
     let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
+    // Positions are a local read; taken often so the lag thread pairs a
+    // fresh end offset with a fresh position.
+    let positions_every = lag_every.min(Duration::from_millis(100));
+    let mut lag_due = std::time::Instant::now();
     loop {
+        if lag_due.elapsed() >= positions_every {
+            lag_due = std::time::Instant::now();
+            if let Ok(positions) = consumer.position() {
+                consumer.context().lag.positions(&positions);
+            }
+        }
         let assigned = std::mem::take(
             &mut *consumer
                 .context()
@@ -361,6 +381,10 @@ fn consume(
         );
         if !assigned.is_empty() {
             let starts = retention::check_assigned(&consumer, &assigned, &metrics);
+            consumer
+                .context()
+                .lag
+                .assigned(assigned.iter().cloned().zip(starts.iter().copied()));
             for (p, start) in assigned.iter().zip(starts) {
                 *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start;
             }
@@ -466,6 +490,18 @@ fn consume(
             await_stop(&consumer, &commands, &metrics);
             return;
         }
+    }
+}
+
+/// How often the lag is refreshed: librdkafka's statistics interval (5 s
+/// unless configured), or 5 s when statistics are off.
+fn lag_interval(config: &ClientConfig) -> Duration {
+    match config
+        .get("statistics.interval.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(ms) if ms > 0 => Duration::from_millis(ms.max(100)),
+        _ => Duration::from_secs(5),
     }
 }
 
