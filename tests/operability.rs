@@ -1,8 +1,7 @@
 //! Operability: the Grafana dashboard and the Prometheus alerts use only
-//! metrics a running daemon really exports; the deploy/ manifests agree with
-//! the code (port, paths, configuration keys, drain deadline, concurrency
-//! budget); `/healthz`, `/readyz` and `/metrics` behave as documented; JSON
-//! logs are JSON and batch lines carry their fields.
+//! metrics a running daemon really exports; `/healthz`, `/readyz` and
+//! `/metrics` behave as documented; JSON logs are JSON and batch lines carry
+//! their fields. (The deploy/ manifests are checked by tests/deploy.rs.)
 
 mod common;
 
@@ -25,14 +24,9 @@ use tokio::sync::oneshot;
 const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 const DASHBOARD: &str = "deploy/grafana/clevertap-deleter.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yaml";
-const KUBERNETES: &str = "deploy/kubernetes";
 const METRIC_PREFIX: &str = "clevertap_deleter_";
 const ENV_PREFIX: &str = "CLEVERTAP_DELETER__";
 const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
-/// CleverTap accepts about this many concurrent requests per account, over all replicas.
-const CLEVERTAP_ACCOUNT_CONCURRENCY: i64 = 15;
-/// Closing the consumer after the drain may take up to this long (README, Graceful shutdown).
-const CONSUMER_CLOSE_SECS: i64 = 30;
 
 // ---------------------------------------------------------------- files
 
@@ -43,26 +37,6 @@ fn repo_path(relative: &str) -> PathBuf {
 fn read(relative: &str) -> String {
     std::fs::read_to_string(repo_path(relative))
         .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
-}
-
-/// Every file under deploy/kubernetes, as (file name, text), sorted.
-fn manifests() -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = std::fs::read_dir(repo_path(KUBERNETES))
-        .expect("deploy/kubernetes exists")
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            let text = std::fs::read_to_string(&p).expect("read manifest");
-            (name, text)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn manifest(name: &str) -> String {
-    read(&format!("{KUBERNETES}/{name}"))
 }
 
 /// Every string in a JSON document (expressions, variable queries, descriptions).
@@ -583,89 +557,7 @@ async fn healthz_readyz_and_metrics_answer_as_documented() {
     assert_eq!(status, 200);
 }
 
-// ---------------------------------------------------------------- b. deploy files
-
-/// The TOML of `config.toml: |` in configmap.yaml.
-fn configmap_toml() -> String {
-    let text = manifest("configmap.yaml");
-    let mut lines = text.lines().skip_while(|l| l.trim() != "config.toml: |");
-    assert!(lines.next().is_some(), "configmap.yaml has config.toml: |");
-    let mut out = String::new();
-    for line in lines {
-        if !line.trim().is_empty() && !line.starts_with("    ") {
-            break;
-        }
-        out.push_str(line.strip_prefix("    ").unwrap_or(""));
-        out.push('\n');
-    }
-    out
-}
-
-/// `CLEVERTAP_DELETER__…` names in a text, with the literal `value:` that
-/// follows the name in a container's env list, if any.
-fn env_vars(text: &str) -> BTreeMap<String, Option<String>> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = BTreeMap::new();
-    for (i, line) in lines.iter().enumerate() {
-        let mut rest = *line;
-        while let Some(at) = rest.find(ENV_PREFIX) {
-            let tail = &rest[at..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-                .unwrap_or(tail.len());
-            let name = tail[..end].to_string();
-            let value = lines
-                .get(i + 1)
-                .and_then(|next| next.trim().strip_prefix("value:"))
-                .map(|v| v.trim().trim_matches('"').to_string());
-            out.entry(name).or_insert(value);
-            rest = &tail[end..];
-        }
-    }
-    out
-}
-
-/// `CLEVERTAP_DELETER__REGIONS__EU1__PASSCODE` -> `["regions", "eu1", "passcode"]`.
-fn key_path(env_name: &str) -> Vec<String> {
-    env_name
-        .strip_prefix(ENV_PREFIX)
-        .expect("prefixed")
-        .to_ascii_lowercase()
-        .split("__")
-        .map(str::to_string)
-        .collect()
-}
-
-/// A TOML document setting one key path to a string.
-fn toml_setting(path: &[String], value: &str) -> String {
-    let mut value = toml::Value::String(value.to_string());
-    for key in path.iter().rev() {
-        let mut table = toml::Table::new();
-        table.insert(key.clone(), value);
-        value = toml::Value::Table(table);
-    }
-    toml::to_string(&value).expect("TOML")
-}
-
-fn toml_lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
-    let (last, parents) = path.split_last()?;
-    let mut current = table;
-    for key in parents {
-        current = current.get(key)?.as_table()?;
-    }
-    current.get(last)
-}
-
-/// An integer YAML value `key: N` (first occurrence, comments ignored).
-fn yaml_int(text: &str, key: &str) -> i64 {
-    let prefix = format!("{key}:");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix))
-        .map(|v| v.split('#').next().unwrap().trim().trim_matches('"'))
-        .unwrap_or_else(|| panic!("no `{key}:` in\n{text}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("`{key}:` is not an integer: {e}"))
-}
+// ---------------------------------------------------------------- b. YAML in the alert rules
 
 /// A string YAML value `key: value` (first occurrence, comments ignored).
 fn yaml_str<'a>(text: &'a str, key: &str) -> &'a str {
@@ -674,45 +566,6 @@ fn yaml_str<'a>(text: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
         .map(|v| v.split(" #").next().unwrap().trim().trim_matches('"'))
         .unwrap_or_else(|| panic!("no `{key}:` in\n{text}"))
-}
-
-/// The lines of `text` from the one containing `start` to the next one at
-/// the same or a lower indentation.
-fn yaml_block<'a>(text: &'a str, start: &str) -> Vec<&'a str> {
-    let mut lines = text.lines().skip_while(|l| !l.contains(start));
-    let first = lines
-        .next()
-        .unwrap_or_else(|| panic!("no `{start}` in\n{text}"));
-    let indent = first.len() - first.trim_start().len();
-    let mut out = vec![first];
-    for line in lines {
-        let trimmed = line.trim_start();
-        if !trimmed.is_empty() && line.len() - trimmed.len() <= indent {
-            break;
-        }
-        out.push(line);
-    }
-    out
-}
-
-/// The configuration the Kubernetes example runs with: the ConfigMap's file
-/// plus the Deployment's environment (secrets replaced by placeholders).
-fn kubernetes_config() -> (config::Config, BTreeMap<String, Option<String>>) {
-    let mut vars = BTreeMap::new();
-    for (_, text) in manifests() {
-        vars.extend(env_vars(&text));
-    }
-    let mut text = configmap_toml();
-    for (name, value) in &vars {
-        let value = value.as_deref().unwrap_or("placeholder-from-a-secret");
-        text = merge_toml(&text, &toml_setting(&key_path(name), value));
-    }
-    let cfg = config::from_toml(&text).unwrap_or_else(|e| {
-        panic!(
-            "the ConfigMap's config.toml with the manifests' environment is refused: {e}\n{text}"
-        )
-    });
-    (cfg, vars)
 }
 
 #[test]
@@ -877,159 +730,6 @@ fn alert_rules_carry_severity_annotations_and_runbooks_that_exist() {
     }
     assert!(text.contains("up{job=\"clevertap-deleter\"} == 0"));
     assert!(text.contains("absent(up{job=\"clevertap-deleter\"}"));
-}
-
-#[test]
-fn manifests_use_the_port_paths_and_config_keys_of_the_code() {
-    let all: String = manifests()
-        .iter()
-        .map(|(name, text)| format!("# ---- {name}\n{text}\n"))
-        .collect();
-    for needed in ["9464", "/healthz", "/readyz", "/metrics"] {
-        assert!(all.contains(needed), "no manifest mentions {needed}");
-    }
-    let names: BTreeSet<String> = manifests().into_iter().map(|(n, _)| n).collect();
-    for needed in [
-        "configmap.yaml",
-        "deployment.yaml",
-        "service.yaml",
-        "servicemonitor.yaml",
-        "pdb.yaml",
-        "keda-scaledobject.yaml",
-        "secret.example.yaml",
-    ] {
-        assert!(
-            names.contains(needed),
-            "deploy/kubernetes/{needed} is missing"
-        );
-    }
-
-    // The port: the code's default, the ConfigMap, the container, the Service.
-    let default_listen = config::ServerSettings::default().listen;
-    assert!(default_listen.ends_with(":9464"), "{default_listen}");
-    let (cfg, vars) = kubernetes_config();
-    assert_eq!(cfg.listen.port(), 9464, "server.listen in configmap.yaml");
-    let deployment = manifest("deployment.yaml");
-    let ports = yaml_block(&deployment, "ports:").join("\n");
-    assert!(
-        ports.contains("name: metrics") && ports.contains("containerPort: 9464"),
-        "{ports}"
-    );
-    let service = manifest("service.yaml");
-    let service_ports = yaml_block(&service, "ports:").join("\n");
-    assert!(
-        service_ports.contains("name: metrics")
-            && service_ports.contains("port: 9464")
-            && service_ports.contains("targetPort: metrics"),
-        "{service_ports}"
-    );
-    assert!(read("deploy/Dockerfile").contains("EXPOSE 9464"));
-
-    // Probes and scraping on the paths the server routes.
-    for (probe, path) in [
-        ("livenessProbe:", "/healthz"),
-        ("readinessProbe:", "/readyz"),
-    ] {
-        let block = yaml_block(&deployment, probe).join("\n");
-        assert!(
-            block.contains(&format!("path: {path}")) && block.contains("port: metrics"),
-            "{probe}\n{block}"
-        );
-    }
-    let monitor = manifest("servicemonitor.yaml");
-    let endpoints = yaml_block(&monitor, "endpoints:").join("\n");
-    assert!(
-        endpoints.contains("port: metrics") && endpoints.contains("path: /metrics"),
-        "{endpoints}"
-    );
-    assert!(monitor.contains("kind: ServiceMonitor"));
-
-    // Every CLEVERTAP_DELETER__… variable names a real key: the ConfigMap's
-    // file with all of them set loads (unknown keys are refused), each value
-    // lands where its name says, and the passcodes are what make it valid.
-    assert!(
-        vars.keys()
-            .any(|v| v == "CLEVERTAP_DELETER__REGIONS__EU1__PASSCODE"),
-        "{vars:?}"
-    );
-    let shown: toml::Table = toml::to_string(&cfg.settings)
-        .expect("settings serialize")
-        .parse()
-        .expect("TOML");
-    for name in vars.keys() {
-        let path = key_path(name);
-        assert!(
-            toml_lookup(&shown, &path).is_some(),
-            "{name}: no key {} in the effective configuration",
-            path.join(".")
-        );
-    }
-    let bare = config::from_toml(&configmap_toml());
-    assert!(
-        bare.as_ref().is_err_and(|e| e.key.ends_with(".passcode")),
-        "without the Secret's variables the ConfigMap lacks passcodes: {:?}",
-        bare.map(|_| ())
-    );
-    let misspelled = merge_toml(
-        &configmap_toml(),
-        &toml_setting(&key_path("CLEVERTAP_DELETER__REGIONS__EU1__PASSCOD"), "x"),
-    );
-    assert!(
-        config::from_toml(&misspelled).is_err(),
-        "a misspelled key is refused"
-    );
-
-    // The Secret example provides the keys the Deployment reads.
-    let secret = manifest("secret.example.yaml");
-    for line in deployment.lines() {
-        if let Some(key) = line.trim().strip_prefix("key: ") {
-            assert!(
-                secret.contains(&format!("{key}:")),
-                "secret.example.yaml lacks {key}"
-            );
-        }
-    }
-
-    // SIGTERM grace: above the drain deadline plus the consumer's close.
-    let grace = yaml_int(&deployment, "terminationGracePeriodSeconds");
-    let drain = cfg.settings.pipeline.shutdown_timeout_ms as i64 / 1000;
-    assert!(
-        grace > drain + CONSUMER_CLOSE_SECS,
-        "terminationGracePeriodSeconds {grace} must exceed {drain} s + {CONSUMER_CLOSE_SECS} s"
-    );
-
-    // Non-root, no privilege escalation.
-    assert!(deployment.contains("runAsNonRoot: true"));
-    assert!(yaml_int(&deployment, "runAsUser") > 0);
-    assert!(deployment.contains("allowPrivilegeEscalation: false"));
-
-    // The per-account concurrency budget, for the fixed replica count and
-    // for KEDA's maximum; no surge during rolling updates.
-    let per_replica = cfg.settings.api.max_concurrency as i64;
-    let replicas = yaml_int(&deployment, "replicas");
-    assert!(
-        replicas * per_replica <= CLEVERTAP_ACCOUNT_CONCURRENCY,
-        "{replicas} replicas x max_concurrency {per_replica}"
-    );
-    assert_eq!(yaml_int(&deployment, "maxSurge"), 0);
-    let keda = manifest("keda-scaledobject.yaml");
-    assert!(keda.contains("kind: ScaledObject") && keda.contains("type: kafka"));
-    let max_replicas = yaml_int(&keda, "maxReplicaCount");
-    assert!(max_replicas >= yaml_int(&keda, "minReplicaCount"));
-    assert!(
-        max_replicas * per_replica <= CLEVERTAP_ACCOUNT_CONCURRENCY,
-        "KEDA maxReplicaCount {max_replicas} x max_concurrency {per_replica}"
-    );
-    // KEDA watches the group, topic and brokers the daemon uses.
-    let k = &cfg.settings.kafka;
-    assert_eq!(yaml_str(&keda, "consumerGroup"), k.group_id);
-    assert!(k.topics.iter().any(|t| t == yaml_str(&keda, "topic")));
-    assert_eq!(yaml_str(&keda, "bootstrapServers"), k.brokers);
-    assert_eq!(yaml_str(&keda, "name"), "clevertap-deleter");
-
-    let pdb = manifest("pdb.yaml");
-    assert!(pdb.contains("kind: PodDisruptionBudget"));
-    assert!(pdb.contains("app.kubernetes.io/name: clevertap-deleter"));
 }
 
 // ---------------------------------------------------------------- d. JSON logs
