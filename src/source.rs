@@ -468,16 +468,22 @@ fn consume(
         );
         let payload = message.payload();
         let decoded = decoder.decode(payload);
-        let record = SourceRecord {
-            partition,
-            offset: message.offset(),
-            record: RawRecord {
+        // Key and payload are kept only for events that might be
+        // dead-lettered later: a skipped event finishes on admission.
+        let record = if matches!(decoded, Decoded::Skip) {
+            RawRecord::default()
+        } else {
+            RawRecord {
                 key: message.key().map(Bytes::copy_from_slice),
-                // The payload is kept only for events that might be dead-lettered later.
                 payload: payload.map(Bytes::copy_from_slice),
                 timestamp_ms: message.timestamp().to_millis(),
                 replay_count: replay_count(&message),
-            },
+            }
+        };
+        let record = SourceRecord {
+            partition,
+            offset: message.offset(),
+            record,
             decoded,
         };
         drop(message);
