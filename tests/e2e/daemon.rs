@@ -2,6 +2,8 @@
 //! FILE`), the way it runs in production: configuration, start, scrape,
 //! SIGTERM, SIGKILL, resident memory. And the fake CleverTap API it talks to,
 //! served from a runtime of its own so the tests themselves can block.
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -304,9 +306,14 @@ pub struct Api {
     rt: tokio::runtime::Runtime,
     pub fake: FakeCleverTap,
     retired: Vec<FakeCleverTap>,
+    /// Every incarnation, shared with observers (the commit sampler).
+    incarnations: Fakes,
     config: FakeApiConfig,
     down: bool,
 }
+
+/// Every incarnation of the fake API so far.
+pub type Fakes = std::sync::Arc<std::sync::Mutex<Vec<FakeCleverTap>>>;
 
 impl Api {
     pub fn start(latency: Duration, faults: Faults) -> Api {
@@ -334,10 +341,21 @@ impl Api {
                 listen: fake.addr(),
                 ..config
             },
+            incarnations: std::sync::Arc::new(std::sync::Mutex::new(vec![fake.clone()])),
             fake,
             retired: Vec::new(),
             down: false,
         }
+    }
+
+    /// Every incarnation of the fake, now and after `bring_back`.
+    pub fn incarnations(&self) -> Fakes {
+        self.incarnations.clone()
+    }
+
+    /// Whether the API refuses connections now.
+    pub fn is_down(&self) -> bool {
+        self.down
     }
 
     pub fn endpoint(&self) -> String {
@@ -370,6 +388,7 @@ impl Api {
                 }
             }
         };
+        self.incarnations.lock().unwrap().push(fake.clone());
         self.retired.push(std::mem::replace(&mut self.fake, fake));
         self.down = false;
     }
