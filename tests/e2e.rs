@@ -358,6 +358,7 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
     // The API is slower here, so the run lasts long enough for the changes.
     let api = Api::start(Duration::from_millis(40), Faults::default());
     let sampler = world.sampler(&expected, &api, Duration::from_millis(200));
+    let latest_committed = sampler.latest.clone();
     let latest = sampler.latest.clone();
     let progress = move || committed_events(&latest.lock().unwrap());
     let started = Instant::now();
@@ -385,13 +386,34 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
         &mut [&mut b, &mut c, &mut d],
         || progress() >= total / 2,
     );
+    // The victim: the replica with the most work left on the partitions it
+    // owns now (a replica may have finished its share already).
+    let left = |r: &Daemon| -> i64 {
+        let latest = latest_committed.lock().unwrap().clone();
+        cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, None)
+            .owned_now()
+            .iter()
+            .map(|&p| expected.ends[p as usize] - latest[p as usize].max(0))
+            .sum()
+    };
+    let mut replicas = [b, c, d];
+    replicas.sort_by_key(|r| -left(r));
+    let [mut victim, mut c, mut d] = replicas;
+    let victim_left = left(&victim);
     let at_kill = progress();
-    let metrics = b.metrics().unwrap_or_default();
-    b.kill9();
-    let b_killed_at = cgrp::now_secs();
-    figures.push(replica_figures("B (kill -9)", &metrics));
-    // No replacement: the survivors take B's partitions over once its
-    // session expires.
+    let metrics = victim.metrics().unwrap_or_default();
+    victim.kill9();
+    let killed_at = cgrp::now_secs();
+    figures.push(replica_figures(
+        &format!("{} (kill -9)", victim.name),
+        &metrics,
+    ));
+    assert!(
+        victim_left > 0,
+        "[{label}] no replica had work left when one was to be killed"
+    );
+    // No replacement: the survivors take the victim's partitions over once
+    // its session expires.
     let reader = world.broker.offsets_reader(&world.group);
     wait_fully_committed(
         &reader,
@@ -400,7 +422,7 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
         &mut [&mut c, &mut d],
     );
     let took = started.elapsed();
-    let after_kill = cgrp::now_secs() - b_killed_at;
+    let after_kill = cgrp::now_secs() - killed_at;
     for r in [&mut c, &mut d] {
         let metrics = r.metrics().unwrap_or_default();
         let status = r.terminate(Duration::from_secs(60));
@@ -414,7 +436,7 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
     }
     let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 15);
-    let all: Vec<&Daemon> = vec![&a, &b, &c, &d];
+    let all: Vec<&Daemon> = vec![&a, &victim, &c, &d];
     let warnings: usize = all
         .iter()
         .map(|r| {
@@ -426,15 +448,17 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
     let members: Vec<cgrp::Member> = all
         .iter()
         .map(|r| {
-            let killed = (r.name == "B").then_some(b_killed_at);
+            let killed = (r.name == victim.name).then_some(killed_at);
             cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, killed)
         })
         .collect();
-    let takeover = cgrp::taken_over(&members, "B", b_killed_at).map(|t| t - b_killed_at);
+    let takeover = cgrp::taken_over(&members, &victim.name, killed_at).map(|t| t - killed_at);
     println!(
-        "[{label}] SIGTERM of A at {at_term} committed events, kill -9 of B at {at_kill}; \
-         C and D owned all of B's partitions {takeover:.1?} s after the kill; all committed \
-         {after_kill:.1} s after the kill ({took:.1?} after start); {outcome}"
+        "[{label}] SIGTERM of A at {at_term} committed events, kill -9 of {} at {at_kill} \
+         ({victim_left} events left on its partitions); {} and {} owned all of its partitions \
+         {takeover:.1?} s after the kill; all committed \
+         {after_kill:.1} s after the kill ({took:.1?} after start); {outcome}",
+        victim.name, c.name, d.name
     );
     println!(
         "[{label}] {}; {samples}; revoke-drain warnings in the logs {warnings}",
@@ -444,7 +468,8 @@ fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
     cgrp::assert_strict(&label, &members, &samples.backwards, started_at);
     assert!(
         takeover.is_some(),
-        "[{label}] C and D never started all the partitions B owned when it was killed"
+        "[{label}] the survivors never started all the partitions {} owned when it was killed",
+        victim.name
     );
 }
 
@@ -821,4 +846,180 @@ fn e2e_7_static_membership_restarts_without_rebalance() {
         b_revokes_after, b_revokes,
         "B gave up partitions while A restarted under its static id"
     );
+}
+
+// ------------------------------------------------------------------ 8. a fenced zombie
+
+/// A replica frozen (SIGSTOP) past its session timeout while it holds
+/// partitions: the group gives them to the other replica, which commits
+/// further; when the frozen one resumes (SIGCONT) it still believes it owns
+/// them and tries to commit its own, older progress with its old
+/// generation. Kafka must refuse that commit (the zombie is fenced): no
+/// committed offset ever moves back, and nothing is lost.
+fn fenced_zombie_scenario(label: &str, protocol: Protocol) {
+    let label = format!("8 fenced zombie {label}");
+    let Some((_serial, world)) = begin("zombie", 6) else {
+        return;
+    };
+    let world = world.with_protocol(protocol);
+    let (produced, _) = world.produce(60_000, 808);
+    let expected = Arc::new(Expected::new(&produced));
+    let total = expected.events() as i64;
+    let extra = "[api]\nmax_concurrency = 5\n[kafka.properties]\n\"debug\" = \"cgrp\"\n";
+    let log = [("RUST_LOG", "info,librdkafka=debug")];
+    // Slow enough that the run outlasts the freeze.
+    let api = Api::start(Duration::from_millis(60), Faults::default());
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(100));
+    let latest = sampler.latest.clone();
+    let started_at = cgrp::now_secs();
+    let mut a = world.daemon_with("A", &api, extra, &log);
+    let mut b = world.daemon_with("B", &api, extra, &log);
+    let (a_port, b_port) = (a.port, b.port);
+    let partitions = f64::from(world.partitions);
+    wait_until(
+        "A and B share the partitions and 10 % is committed",
+        Duration::from_secs(90),
+        &mut [&mut a, &mut b],
+        || {
+            let (x, y) = (assigned(a_port), assigned(b_port));
+            x > 0.0
+                && y > 0.0
+                && x + y == partitions
+                && committed_events(&latest.lock().unwrap()) >= total / 10
+        },
+    );
+    let a_owned = cgrp::Member::from_logs("A", &a.logs(), &world.topic, None).owned_now();
+    let at_stop = latest.lock().unwrap().clone();
+    broker::signal(a.pid(), "STOP");
+    let stopped_at = cgrp::now_secs();
+    // B takes everything once A's session expired, and commits further on
+    // A's partitions than A had.
+    let took_over = wait_until(
+        "B owns every partition and committed past A's progress on A's partitions",
+        Duration::from_secs(60),
+        &mut [&mut b],
+        || {
+            let now = latest.lock().unwrap().clone();
+            assigned(b_port) == partitions
+                && a_owned.iter().all(|&p| {
+                    now[p as usize] > at_stop[p as usize]
+                        || now[p as usize] == expected.ends[p as usize]
+                })
+        },
+    );
+    broker::signal(a.pid(), "CONT");
+    let resumed_at = cgrp::now_secs();
+    // A finds out: a new generation (it rejoined) after it resumed.
+    let a_log = a.stderr_path();
+    wait_until(
+        "A rejoins the group after it resumed",
+        Duration::from_secs(60),
+        &mut [&mut a, &mut b],
+        || {
+            let logs = std::fs::read_to_string(&a_log).unwrap_or_default();
+            cgrp::Member::from_logs("A", &logs, &world.topic, None)
+                .events
+                .iter()
+                .any(|(t, e)| *t > resumed_at && matches!(e, cgrp::Event::Generation(_)))
+        },
+    );
+    let reader = world.broker.offsets_reader(&world.group);
+    wait_fully_committed(
+        &reader,
+        &expected,
+        Duration::from_secs(150),
+        &mut [&mut a, &mut b],
+    );
+    let mut figures = Vec::new();
+    for r in [&mut a, &mut b] {
+        let metrics = r.metrics().unwrap_or_default();
+        let status = r.terminate(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(0), "{} exits 0: {status}", r.name);
+        figures.push(replica_figures(&r.name, &metrics));
+    }
+    let samples = sampler.finish();
+    let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
+    let members: Vec<cgrp::Member> = [&a, &b]
+        .iter()
+        .map(|r| cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, None))
+        .collect();
+    let zombie = &members[0];
+    let old_generation = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t < stopped_at)
+        .filter_map(|(_, e)| match e {
+            cgrp::Event::Generation(g) => Some(*g),
+            _ => None,
+        })
+        .last()
+        .expect("A's generation before the freeze");
+    // What A did right after it resumed, until it joined a new generation.
+    let rejoined_at = zombie
+        .events
+        .iter()
+        .find(|(t, e)| *t > resumed_at && matches!(e, cgrp::Event::Generation(_)))
+        .map(|(t, _)| *t)
+        .expect("A rejoined");
+    let after: Vec<String> = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t > resumed_at && *t <= rejoined_at)
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                cgrp::Event::Commit(..) | cgrp::Event::CommitResult(..) | cgrp::Event::Lost
+            )
+        })
+        .map(|(t, e)| format!("{:.2}s {e:?}", t - resumed_at))
+        .collect();
+    let stale_commits = zombie
+        .events
+        .iter()
+        .filter(|(t, e)| {
+            *t > resumed_at && matches!(e, cgrp::Event::Commit(_, g) if *g == old_generation)
+        })
+        .count();
+    let stale_results: Vec<&String> = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t > resumed_at && *t <= rejoined_at + 1.0)
+        .filter_map(|(_, e)| match e {
+            cgrp::Event::CommitResult(_, r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "[{label}] A frozen at {:.1}s owning {a_owned:?} (committed {:?}); B owned everything \
+         and committed past it {took_over:.1?} later; A resumed at {:.1}s; in its old \
+         generation {old_generation} it then: {after:?}; rejoined {:.1}s after resuming; \
+         {} stale commits sent, answers {stale_results:?}; {}; {samples}; {outcome}",
+        stopped_at - started_at,
+        at_stop,
+        resumed_at - started_at,
+        rejoined_at - resumed_at,
+        stale_commits,
+        figures.join("; ")
+    );
+    samples.assert_strict(&label, expected.events() / 2);
+    cgrp::assert_strict(&label, &members, &samples.backwards, started_at);
+    assert!(
+        stale_commits > 0,
+        "[{label}] A sent no commit with its old generation {old_generation} after it \
+         resumed, so fencing was not exercised: {after:?}"
+    );
+    assert!(
+        stale_results.iter().all(|r| r.as_str() != "Success"),
+        "[{label}] a commit of the zombie was accepted: {stale_results:?}"
+    );
+}
+
+#[test]
+fn e2e_8a_a_fenced_zombie_cannot_commit_classic() {
+    fenced_zombie_scenario("classic", Protocol::Classic);
+}
+
+#[test]
+fn e2e_8b_a_fenced_zombie_cannot_commit_kip848() {
+    fenced_zombie_scenario("kip848", Protocol::Consumer);
 }

@@ -369,6 +369,40 @@ impl Broker {
         OffsetsReader { consumer }
     }
 
+    /// Every record of partitions 0..n of `topic` as (key, payload), read from
+    /// the beginning up to the high watermarks as of this call.
+    pub fn records(&self, topic: &str, partitions: i32) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "e2e-topic-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let high = self.high_watermarks(topic, partitions);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut position = vec![0i64; partitions as usize];
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while position.iter().zip(&high).any(|(p, h)| p < h) {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: read up to {position:?} of {high:?} in 60 s"
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = message.unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+            position[m.partition() as usize] = m.offset() + 1;
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+        }
+        out
+    }
+
     /// Dead-letter records of `topic` (one partition), read from the beginning
     /// up to the high watermark as of this call.
     pub fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {

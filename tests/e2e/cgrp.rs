@@ -55,6 +55,9 @@ pub enum Event {
     /// librdkafka found the assignment lost (e.g. the session expired):
     /// the member was fenced.
     Lost,
+    /// The broker's (or librdkafka's) answer to an OffsetCommit for this many
+    /// partitions: "Success" or the error.
+    CommitResult(usize, String),
 }
 
 /// One replica's membership history.
@@ -124,6 +127,13 @@ impl Member {
                         events.push((t, Event::Generation(e)));
                     }
                 }
+            } else if let Some(rest) = m.split("OffsetCommit for ").nth(1) {
+                let n = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+                if let (Some(n), Some(result)) = (n, rest.rsplit("returned: ").next()) {
+                    if rest.contains("returned: ") {
+                        events.push((t, Event::CommitResult(n, result.trim().to_string())));
+                    }
+                }
             } else if m.contains("current assignment of") && m.contains("lost") {
                 events.push((t, Event::Lost));
             }
@@ -149,7 +159,7 @@ impl Member {
                 Event::Remove(p) => {
                     owned.remove(p);
                 }
-                Event::Generation(_) | Event::Lost => {}
+                Event::Generation(_) | Event::Lost | Event::CommitResult(..) => {}
                 Event::Commit(n, _) => {
                     if *n > owned.len() {
                         bad.push(format!(
@@ -184,7 +194,10 @@ impl Member {
                         out.entry(*p).or_default().push((from, *t));
                     }
                 }
-                Event::Commit(..) | Event::Generation(_) | Event::Lost => {}
+                Event::Commit(..)
+                | Event::Generation(_)
+                | Event::Lost
+                | Event::CommitResult(..) => {}
             }
         }
         for (p, from) in open {
@@ -214,10 +227,27 @@ impl Member {
                 Event::Remove(p) => {
                     owned.remove(p);
                 }
-                Event::Commit(..) | Event::Lost => {}
+                Event::Commit(..) | Event::Lost | Event::CommitResult(..) => {}
             }
         }
         out
+    }
+
+    /// The partitions it owned at the end of its log.
+    pub fn owned_now(&self) -> BTreeSet<i32> {
+        let mut owned = BTreeSet::new();
+        for (_, e) in &self.events {
+            match e {
+                Event::Start(p) => {
+                    owned.insert(*p);
+                }
+                Event::Remove(p) => {
+                    owned.remove(p);
+                }
+                _ => {}
+            }
+        }
+        owned
     }
 
     /// When librdkafka found this member's assignment lost (fenced).
@@ -298,13 +328,24 @@ pub fn overlaps(members: &[Member]) -> Vec<Overlap> {
     out
 }
 
+/// How far apart in time two replicas' log lines can be from the events they
+/// report. rust-rdkafka routes librdkafka's log lines through the client's
+/// main queue (`log.queue`), so a line is written (and timestamped) when the
+/// daemon's consumer thread next polls, not when librdkafka acted. Seen: a
+/// revoking replica's "Removing ... from assignment" written 3 ms after the
+/// next owner's "Starting pending assigned partition", although the next
+/// owner could only get the partition after the remover had rejoined. The
+/// generation check does not depend on times; only the time-overlap check
+/// allows this much.
+pub const LOG_TIME_PRECISION: f64 = 0.5;
+
 /// The strict group checks every multi-replica scenario ends with, on the
 /// members' librdkafka logs and the committed offsets sampled during the
 /// run (`backwards`: moves back between two samples):
 /// - no partition owned by two members in one generation (member epoch);
-/// - no two members owning a partition at the same time, unless one of them
-///   was fenced (librdkafka later found its assignment lost: a zombie that
-///   did not know yet);
+/// - no two members owning a partition at the same time (beyond the log
+///   times' precision), unless one of them was fenced (librdkafka later
+///   found its assignment lost: a zombie that did not know yet);
 /// - no commit naming more partitions than the member owned;
 /// - no committed offset ever moved back (a fenced member's commits were
 ///   refused).
@@ -330,7 +371,8 @@ pub fn assert_strict(
             })
             .collect();
         println!(
-            "[{label}] {} owned (s since start) {}; generations {:?}; {} commits sent;              assignment lost at {:?}",
+            "[{label}] {} owned (s since start) {}; generations {:?}; {} commits sent; \
+         assignment lost at {:?}",
             m.name,
             owned.join("; "),
             m.generations(),
@@ -343,17 +385,17 @@ pub fn assert_strict(
     }
     assert!(
         members.iter().map(Member::commits).sum::<usize>() > 0
-            && members.iter().any(|m| m
-                .events
+            && members
                 .iter()
-                .any(|(_, e)| matches!(e, Event::Start(_))))
+                .any(|m| m.events.iter().any(|(_, e)| matches!(e, Event::Start(_))))
             && members.iter().any(|m| !m.generations().is_empty()),
         "[{label}] the librdkafka group debug logs were not found or not understood"
     );
     let twice = two_owners_in_one_generation(members);
     assert!(
         twice.is_empty(),
-        "[{label}] partitions owned by two members in one generation          (generation, partition, members): {twice:?}"
+        "[{label}] partitions owned by two members in one generation \
+         (generation, partition, members): {twice:?}"
     );
     let beyond: Vec<String> = members
         .iter()
@@ -369,20 +411,29 @@ pub fn assert_strict(
             .filter(|m| m.name == name)
             .any(|m| m.lost_at().iter().any(|t| *t >= from))
     };
-    let (zombie, overlaps): (Vec<Overlap>, Vec<Overlap>) =
-        overlaps(members).into_iter().partition(|o| {
-            fenced_after(&o.members.0, o.from) || fenced_after(&o.members.1, o.from)
-        });
+    let (zombie, rest): (Vec<Overlap>, Vec<Overlap>) = overlaps(members)
+        .into_iter()
+        .partition(|o| fenced_after(&o.members.0, o.from) || fenced_after(&o.members.1, o.from));
+    let (blur, overlaps): (Vec<Overlap>, Vec<Overlap>) = rest
+        .into_iter()
+        .partition(|o| o.to - o.from <= LOG_TIME_PRECISION);
     assert!(
         overlaps.is_empty(),
-        "[{label}] partitions owned by two live members at once: {overlaps:?}"
+        "[{label}] partitions owned by two live members at once for more than \
+         {LOG_TIME_PRECISION} s: {overlaps:?}"
     );
     assert!(
         backwards.is_empty(),
-        "[{label}] a committed offset moved back (time of the sample before, of the sample,          partition, from, to): {backwards:?}"
+        "[{label}] a committed offset moved back (time of the sample before, of the sample, \
+         partition, from, to): {backwards:?}"
     );
     println!(
-        "[{label}] strict group checks passed: no partition owned twice in one generation,          none owned by two live members at once ({} overlaps with a member that was fenced:          {}), no commit beyond ownership, no offset moved back",
+        "[{label}] strict group checks passed: no partition owned twice in one generation, \
+         none owned by two live members at once ({} apparent overlaps within the log times' \
+         precision, longest {:.3} s; {} overlaps with a member that was fenced: {}), no \
+         commit beyond ownership, no offset moved back",
+        blur.len(),
+        blur.iter().map(|o| o.to - o.from).fold(0.0, f64::max),
         zombie.len(),
         zombie
             .iter()
@@ -453,11 +504,11 @@ mod tests {
         };
         let logs = [
             line("01", "[thrd:main]: JoinGroup response: GenerationId 4, Protocol range, LeaderId x (me), my MemberId x, member metadata count 1: (no error)"),
-            line("02", "Starting pending assigned partition t [0] at offset INVALID"),
+            line("02", "librdkafka: SRVPEND [thrd:main]: Starting pending assigned partition t [0] at offset INVALID"),
             line("03", "Committing offsets for 1 partition(s) with generation-id 4 in join-state steady: manual"),
-            line("04", "Removing t [0] from assignment (started=true, pending=false, queried=false, stored offset=INVALID)"),
+            line("04", "librdkafka: REMOVE [thrd:main]: Removing t [0] from assignment (started=true, pending=false, queried=false, stored offset=INVALID)"),
             line("05", "JoinGroup response: GenerationId 5, Protocol range, LeaderId y, my MemberId x, member metadata count 2: (no error)"),
-            line("06", "Starting pending assigned partition t [1] at offset INVALID"),
+            line("06", "librdkafka: SRVPEND [thrd:main]: Starting pending assigned partition t [1] at offset INVALID"),
             line("07", "ConsumerGroupHeartbeat response received for member id \"x\" with epoch 7"),
             line("08", "Group \"g\": current assignment of 1 partition(s) lost: heartbeat failed"),
         ]

@@ -44,9 +44,8 @@ impl Sasl {
 /// A start that fails for any other reason is a test failure, not a skip.
 pub fn missing_prerequisite(sasl: bool) -> Option<String> {
     let on_path = |program: &str| {
-        std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-        })
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
     };
     let java_home = std::env::var_os("JAVA_HOME")
         .map(PathBuf::from)
@@ -273,7 +272,10 @@ impl LocalKafka {
     /// may have left one down).
     pub fn heal(&self) {
         if (1..=self.nodes).any(|n| !self.running(n)) {
-            println!("e2e: restarting the stopped nodes of {}", self.dir.display());
+            println!(
+                "e2e: restarting the stopped nodes of {}",
+                self.dir.display()
+            );
             self.restart_stopped();
         }
     }

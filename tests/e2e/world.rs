@@ -197,7 +197,10 @@ pub fn consumer_protocol(toml: &str) -> String {
     for key in CLASSIC_ONLY {
         props.remove(key);
     }
-    props.insert("group.protocol".into(), toml::Value::String("consumer".into()));
+    props.insert(
+        "group.protocol".into(),
+        toml::Value::String("consumer".into()),
+    );
     toml::to_string(&table).expect("TOML")
 }
 
@@ -271,4 +274,76 @@ pub fn assigned(port: u16) -> f64 {
         &text.unwrap_or_default(),
         "clevertap_deleter_partitions_assigned",
     )
+}
+
+/// Polls `/readyz` of some daemons in the background and records every
+/// answer with its time (seconds since the epoch), to tell afterwards when
+/// each was ready.
+pub struct ReadyWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(f64, u16, Option<u16>)>>>,
+}
+
+impl ReadyWatch {
+    pub fn start(ports: Vec<u16>, interval: Duration) -> ReadyWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for &port in &ports {
+                        seen.push((super::cgrp::now_secs(), port, ready(port)));
+                    }
+                    std::thread::sleep(interval);
+                }
+                seen
+            })
+        };
+        ReadyWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> Readiness {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Readiness(
+            self.thread
+                .take()
+                .expect("running")
+                .join()
+                .expect("readiness thread"),
+        )
+    }
+}
+
+impl Drop for ReadyWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What a `ReadyWatch` saw: (time, port, status).
+pub struct Readiness(pub Vec<(f64, u16, Option<u16>)>);
+
+impl Readiness {
+    /// Answers per status between `from` and `to` (seconds since the epoch).
+    pub fn between(&self, from: f64, to: f64) -> std::collections::BTreeMap<Option<u16>, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (t, _, s) in &self.0 {
+            if *t >= from && *t <= to {
+                *out.entry(*s).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The first time after `from` that `port` answered `status`.
+    pub fn first(&self, port: u16, status: u16, from: f64) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|(t, p, s)| *t >= from && *p == port && *s == Some(status))
+            .map(|(t, _, _)| *t)
+    }
 }
