@@ -228,6 +228,10 @@ impl Daemon {
         Some((rss, hwm))
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     pub fn stderr_path(&self) -> PathBuf {
         self.dir.path().join("stderr")
     }
