@@ -428,6 +428,10 @@ impl OffsetsReader {
             .consumer
             .committed_offsets(tpl, Duration::from_secs(5))
             .ok()?;
+        // A partition with an error (the coordinator moving): no answer.
+        if committed.elements().iter().any(|e| e.error().is_err()) {
+            return None;
+        }
         Some(
             (0..partitions)
                 .map(
@@ -497,22 +501,41 @@ impl DlqReader {
 
     /// Reads until the high watermark as of this call.
     pub fn catch_up(&mut self) {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("watermarks of {}: {e}", self.topic));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Err(e) = self.try_catch_up(Duration::from_secs(60)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Reads until the high watermark as of this call; an error (the
+    /// broker unreachable, a leader moving) when that takes longer than
+    /// `timeout`. What was read so far stays read.
+    pub fn try_catch_up(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let high = loop {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
+            {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("watermarks of {}: {e}", self.topic))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
         while self.position < high {
-            assert!(
-                Instant::now() < deadline,
-                "dead-letter topic {}: read up to {} of {high} in 60 s",
-                self.topic,
-                self.position
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "dead-letter topic {}: read up to {} of {high} in {timeout:?}",
+                    self.topic, self.position
+                ));
+            }
             let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let m = message.unwrap_or_else(|e| panic!("reading {}: {e}", self.topic));
+            let Ok(m) = message else {
+                continue;
+            };
             self.position = m.offset() + 1;
             let mut headers: HashMap<String, String> = HashMap::new();
             if let Some(h) = m.headers() {
@@ -533,6 +556,7 @@ impl DlqReader {
                 payload: m.payload().map(<[u8]>::to_vec),
             });
         }
+        Ok(())
     }
 }
 

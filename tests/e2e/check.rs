@@ -441,7 +441,12 @@ impl CommitSampler {
                     for fake in fakes.lock().unwrap().iter() {
                         deleted.extend(fake.deletion_counts().into_keys());
                     }
-                    dlq.catch_up();
+                    // The broker may be down or moving leaders: this sample
+                    // is then checked at a later one.
+                    if dlq.try_catch_up(Duration::from_secs(10)).is_err() {
+                        s.unanswered += 1;
+                        continue;
+                    }
                     let dead: HashSet<(i32, i64)> = dlq
                         .records
                         .iter()

@@ -138,6 +138,7 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn clevertap-deleter run");
+        reap_on_exit(child.id(), dir.path());
         Daemon {
             name: name.to_string(),
             port,
@@ -288,6 +289,33 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         keep_if_panicking(&mut self.dir, &format!("daemon {}", self.name));
+    }
+}
+
+/// Makes sure daemon `pid` (working directory `dir`) dies when this test
+/// process does, however it ends (a panic, SIGTERM, SIGKILL): a detached
+/// shell collects "pid dir" lines on a pipe only this process holds, and at
+/// end-of-file kills each pid that still runs in its directory.
+fn reap_on_exit(pid: u32, dir: &std::path::Path) {
+    use std::sync::{Mutex, OnceLock};
+    static REAPER: OnceLock<Mutex<Option<std::process::ChildStdin>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let script = "list=''; while read -r pid dir; do list=\"$list $pid:$dir\"; done; \
+                      for e in $list; do pid=${e%%:*}; dir=${e#*:}; \
+                      [ \"$(readlink /proc/$pid/cwd 2>/dev/null)\" = \"$dir\" ] && kill -9 \"$pid\"; \
+                      done; exit 0";
+        let child = Command::new("setsid")
+            .args(["sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        Mutex::new(child.and_then(|mut c| c.stdin.take()))
+    });
+    if let Some(stdin) = reaper.lock().unwrap().as_mut() {
+        let _ = writeln!(stdin, "{pid} {}", dir.display());
+        let _ = stdin.flush();
     }
 }
 
