@@ -294,7 +294,7 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
     );
     let sampler = world.sampler(&expected, &api, Duration::from_millis(100));
     let started = Instant::now();
-    let mut d = world.daemon("faults", &api, "");
+    let mut d = world.daemon("faults", &api, "[api]\ntimeout_ms = 2000\n");
     let reader = world.broker.offsets_reader(&world.group);
     wait_fully_committed(&reader, &expected, Duration::from_secs(150), &mut [&mut d]);
     let took = started.elapsed();

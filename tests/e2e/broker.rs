@@ -464,6 +464,9 @@ impl OffsetsReader {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub reason: String,
+    /// `dead_lettered_at_ms`: set once per write, so two records with the
+    /// same source and this are one write stored twice.
+    pub at_ms: String,
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
@@ -549,6 +552,7 @@ impl DlqReader {
             let header = |k: &str| headers.get(k).cloned().unwrap_or_default();
             self.records.push(DeadLetter {
                 reason: header("reason"),
+                at_ms: header("dead_lettered_at_ms"),
                 source_topic: header("source_topic"),
                 source_partition: header("source_partition").parse().unwrap_or(-1),
                 source_offset: header("source_offset").parse().unwrap_or(-1),

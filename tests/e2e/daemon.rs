@@ -39,6 +39,9 @@ pub fn config_toml(
     let e2e = format!(
         r#"
 [api]
+# The daemon's default: a client timeout abandons a request the API may
+# still be working on (it would then count against the account's limit).
+timeout_ms = 10000
 max_concurrency = 10
 retry_initial_ms = 20
 retry_max_ms = 500

@@ -180,6 +180,22 @@ impl World {
     }
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        // A failed scenario keeps the broker's files (a shared cluster is
+        // removed only when the test process ends).
+        if std::thread::panicking() {
+            if let Some(cluster) = &self.broker.cluster {
+                cluster.keep();
+                eprintln!(
+                    "e2e: the Kafka cluster's files (server.log per node) will be kept in {}",
+                    cluster.dir.display()
+                );
+            }
+        }
+    }
+}
+
 /// `toml` with `group.protocol = "consumer"` and without the properties
 /// that protocol refuses.
 pub fn consumer_protocol(toml: &str) -> String {
