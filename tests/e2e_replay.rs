@@ -223,9 +223,11 @@ impl Setup {
         (summary, String::from_utf8(out).unwrap())
     }
 
+    /// The group's committed offsets (the stable ones: an open transaction's
+    /// offsets are not committed yet).
     fn committed(&self, group: &str) -> Vec<i64> {
         self.broker
-            .offsets_reader(group)
+            .offsets_reader_with(group, "read_uncommitted")
             .committed(&self.dlq, self.dlq_partitions)
     }
 
@@ -348,7 +350,7 @@ fn e2e_replay_1_kill9_in_the_middle_then_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &s.toml);
     let group = format!("{}-replay", s.group_id);
-    let reader = s.broker.offsets_reader(&group);
+    let reader = s.broker.offsets_reader_with(&group, "read_uncommitted");
 
     // Kill until a kill catches a transaction with records in it (between
     // two transactions there is nothing to abort); each run resumes.

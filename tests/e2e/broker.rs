@@ -360,10 +360,20 @@ impl Broker {
 
     /// A client that reads the offsets `group` committed.
     pub fn offsets_reader(&self, group: &str) -> OffsetsReader {
+        self.offsets_reader_with(group, "read_committed")
+    }
+
+    /// The same with `isolation.level` = `isolation`. librdkafka asks for
+    /// stable offsets under read_committed (KIP-447): while a transaction
+    /// that commits offsets for the group is open, the broker answers
+    /// UNSTABLE_OFFSET_COMMIT until it ends. `read_uncommitted` reads the
+    /// last committed offsets at once.
+    pub fn offsets_reader_with(&self, group: &str, isolation: &str) -> OffsetsReader {
         let consumer: BaseConsumer = self
             .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create()
             .expect("consumer");
         OffsetsReader { consumer }
