@@ -1023,3 +1023,124 @@ fn e2e_8a_a_fenced_zombie_cannot_commit_classic() {
 fn e2e_8b_a_fenced_zombie_cannot_commit_kip848() {
     fenced_zombie_scenario("kip848", Protocol::Consumer);
 }
+
+/// Under `group.protocol = "consumer"` the session timeout, heartbeat
+/// interval and assignor are the broker's: librdkafka refuses the classic
+/// properties, and the daemon exits 2 naming the property (no broker
+/// needed: the check happens when the client is built).
+#[test]
+fn e2e_4d_kip848_refuses_classic_only_properties() {
+    let dir = daemon::scratch_dir("e2e-kip848-conf-");
+    for property in world::CLASSIC_ONLY {
+        let value = if property.ends_with(".ms") {
+            "6000"
+        } else if property == "group.protocol.type" {
+            "consumer"
+        } else {
+            "range"
+        };
+        let config = common::merge_toml(
+            &world::consumer_protocol(&common::config_toml(
+                "127.0.0.1:9",
+                "t",
+                "g",
+                "http://127.0.0.1:9",
+                "",
+            )),
+            &format!("[kafka.properties]\n\"{property}\" = \"{value}\"\n"),
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(daemon::BIN)
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{property}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "`{property}` is not supported for `group.protocol=consumer`"
+            )),
+            "{property}: {stderr}"
+        );
+    }
+}
+
+// ------------------------------------------------------------ 6b. a region unreachable
+
+/// The requirement: readiness red while a region (its CleverTap
+/// endpoint) is unreachable, green again once it answers.
+///
+/// The daemon today holds (and reports not-ready for) a region only on
+/// 401/403/404; connection errors are retried without touching readiness,
+/// so this fails: /readyz stays 200 while every request for the region is
+/// refused. Reported to the daemon's owner (src/dispatch.rs, src/health.rs);
+/// remove the `ignore` with the fix.
+#[test]
+#[ignore = "daemon gap: /readyz stays 200 while a region's endpoint refuses connections (reported; src/dispatch.rs + src/health.rs)"]
+fn e2e_6b_readiness_red_while_a_region_is_unreachable() {
+    let Some((_serial, world)) = begin("unreachable", 2) else {
+        return;
+    };
+    let (mut produced, _) = world.produce(1_000, 616);
+    let mut api = Api::start(Duration::from_millis(5), Faults::default());
+    let mut d = world.daemon("unreachable", &api, "");
+    let port = d.port;
+    let reader = world.broker.offsets_reader(&world.group);
+    wait_fully_committed(
+        &reader,
+        &Expected::new(&produced),
+        Duration::from_secs(60),
+        &mut [&mut d],
+    );
+    wait_until("ready", Duration::from_secs(30), &mut [&mut d], || {
+        ready(port) == Some(200)
+    });
+    api.take_down();
+    let (more, _) = world.produce_events(
+        generate(&SynthSpec {
+            count: 500,
+            seed: 617,
+            ..SynthSpec::default()
+        }),
+        1_000,
+    );
+    produced.append(more);
+    // The daemon tries and fails (positive signal), then must say so.
+    let log = d.stderr_path();
+    wait_until(
+        "a refused connection to CleverTap in the log",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || !logs_with(&log, "no answer from CleverTap").is_empty(),
+    );
+    let red = wait_until(
+        "/readyz 503 while the API is unreachable",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || ready(port) == Some(503),
+    );
+    api.bring_back();
+    let expected = Expected::new(&produced);
+    wait_fully_committed(&reader, &expected, Duration::from_secs(60), &mut [&mut d]);
+    let green = wait_until(
+        "ready again",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || ready(port) == Some(200),
+    );
+    let status = d.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status}");
+    println!("[6b unreachable region] /readyz 503 {red:.1?} after the first refused connection, 200 {green:.1?} after the API came back");
+}
+
+fn logs_with(path: &std::path::Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
