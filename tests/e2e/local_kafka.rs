@@ -108,7 +108,7 @@ impl LocalKafka {
     /// Starts a cluster of `nodes` (1 or 3) nodes, with a SASL_SSL listener
     /// too when `sasl`. Panics with the launcher's output if it fails.
     pub fn start(nodes: u32, sasl: bool) -> LocalKafka {
-        let dir = super::daemon::scratch_dir(&format!("e2e-kafka{nodes}-")).keep();
+        let dir = scratch(&format!("e2e-kafka{nodes}-"));
         let reaper = Self::reaper(&dir);
         let started = Instant::now();
         let mut cmd = Command::new(SCRIPT);
@@ -328,6 +328,21 @@ impl Drop for LocalKafka {
             let _ = reaper.wait();
         }
     }
+}
+
+/// A new empty directory for a cluster (under `E2E_KEEP_DIR` when set, else
+/// under TMPDIR), removed by the cluster's reaper.
+fn scratch(prefix: &str) -> PathBuf {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    let dir = match std::env::var_os("E2E_KEEP_DIR").filter(|k| !k.is_empty()) {
+        Some(keep) => {
+            std::fs::create_dir_all(&keep).expect("create E2E_KEEP_DIR");
+            builder.tempdir_in(keep)
+        }
+        None => builder.tempdir(),
+    };
+    dir.expect("a scratch directory for the cluster").keep()
 }
 
 /// Writes to the terminal even while the test harness captures output.
