@@ -102,6 +102,7 @@ fn run_ledger(
         linger: Duration::from_millis(50),
         recent_capacity: config.settings.dedup.recent_capacity,
         recent_ttl: Duration::from_secs(config.settings.dedup.recent_ttl_secs),
+        audit: false,
     });
     for p in partitions {
         ledger.assign(p.clone());

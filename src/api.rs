@@ -1,6 +1,7 @@
 //! The edge to CleverTap: the `DeleteApi` trait, its HTTP implementation, and
 //! the explicit classification of every answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -8,10 +9,17 @@ use futures::future::BoxFuture;
 use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
 
+/// The most of an answer body that is read. CleverTap's answers are tens of
+/// bytes; anything longer than this is not one of them.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// What came back from one request at the HTTP level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiReply {
     pub status: u16,
+    /// The body, or its first [`MAX_BODY_BYTES`] + 1 bytes: a body longer
+    /// than [`MAX_BODY_BYTES`] was cut off, and [`classify`] reads only its
+    /// first [`MAX_BODY_BYTES`].
     pub body: Vec<u8>,
     /// `Retry-After`, in seconds or as an HTTP date, converted to a delay.
     pub retry_after: Option<Duration>,
@@ -24,6 +32,10 @@ pub enum TransportError {
     Connect,
     /// Any other I/O or protocol failure (reset, bad response).
     Other,
+    /// The request could not even be built: a header value with a control
+    /// character (a passcode with a newline), an endpoint that is not a URL.
+    /// Sending it again changes nothing, so it holds the region.
+    InvalidRequest,
 }
 
 impl TransportError {
@@ -32,6 +44,7 @@ impl TransportError {
             TransportError::Timeout => "timeout",
             TransportError::Connect => "connect_error",
             TransportError::Other => "transport_error",
+            TransportError::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -53,17 +66,21 @@ pub enum RetryReason {
     ServerError,
     Timeout,
     Connection,
-    /// An answer the contract does not describe (e.g. 2xx without a JSON status).
+    /// An answer the contract does not describe (a 3xx, a 418, ...).
     Unexpected,
+    /// A 2xx that does not confirm the deletion ([`Verdict::Unconfirmed`]);
+    /// retried `api.unconfirmed_retries` times.
+    Unconfirmed,
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 5] = [
+    pub const ALL: [RetryReason; 6] = [
         RetryReason::TooManyRequests,
         RetryReason::ServerError,
         RetryReason::Timeout,
         RetryReason::Connection,
         RetryReason::Unexpected,
+        RetryReason::Unconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +90,7 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Connection => "connection",
             RetryReason::Unexpected => "unexpected",
+            RetryReason::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -80,8 +98,26 @@ impl RetryReason {
 /// What to do with a batch after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every id of the batch is marked for deletion.
+    /// Every id of the batch is marked for deletion: a 2xx whose body is a
+    /// JSON object with `"status": "success"` and nothing else that matters.
     Deleted,
+    /// `"status": "success"` that also says which ids were not processed
+    /// (`unprocessed`, `errors`, `failed` or `failures` listing ids), or how
+    /// many were (`processed`). [`split_confirmed`] tells which ids of the
+    /// batch it confirms; the others are unconfirmed.
+    PartlyDeleted {
+        /// The ids listed as not processed (never empty when `processed` is
+        /// `None`).
+        unprocessed: Vec<String>,
+        processed: Option<u64>,
+    },
+    /// A 2xx that does not confirm the deletion: retried a bounded number of
+    /// times (`api.unconfirmed_retries`), then split like a 400; a single id
+    /// that stays unconfirmed is dead-lettered as `unconfirmed`.
+    Unconfirmed {
+        why: Unconfirmed,
+        after: Option<Duration>,
+    },
     /// Nothing is known to be done; try again later (at least `after`, if given).
     Retry {
         reason: RetryReason,
@@ -89,28 +125,320 @@ pub enum Verdict {
     },
     /// The request was refused for its content: split to isolate the bad ids.
     Rejected { message: String },
-    /// Credentials, permissions or the endpoint are wrong (401/403/404): hold
-    /// the region, never dead-letter, retry slowly.
-    Held { status: u16 },
+    /// Credentials, permissions or the endpoint are wrong (401/403/404), or
+    /// the request cannot be built: hold the region, never dead-letter, retry
+    /// slowly.
+    Held { cause: Hold },
 }
 
-/// The fields of an answer body the classifier reads. Each is read on its
-/// own, so an odd `error` (a number, `false`, an object) does not hide a
-/// `"status": "success"` (found by tests/fuzz_classify.rs).
-struct StatusBody {
-    status: Option<String>,
-    error: Option<String>,
+/// Why a region is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hold {
+    /// CleverTap answered 401, 403 or 404.
+    Refused(u16),
+    /// The request cannot be built from the region's settings
+    /// ([`TransportError::InvalidRequest`]).
+    InvalidRequest,
 }
 
-impl StatusBody {
-    fn parse(body: &[u8]) -> Option<StatusBody> {
-        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        Some(StatusBody {
-            status: text("status"),
-            error: text("error"),
-        })
+impl Hold {
+    /// The `status` label of `region_auth_failures_total`: `401`, `403`,
+    /// `404` or `invalid_request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Refused(status) => crate::metrics::api_status_label(status),
+            Hold::InvalidRequest => "invalid_request",
+        }
     }
+
+    /// The `/readyz` line for a region held for this cause.
+    pub fn readiness(self) -> &'static str {
+        match self {
+            Hold::Refused(_) => crate::health::HELD_REFUSED,
+            Hold::InvalidRequest => {
+                "held, its request cannot be built (a control character in the account id or passcode, or a bad endpoint)"
+            }
+        }
+    }
+}
+
+/// Why a 2xx answer does not confirm the deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unconfirmed {
+    /// No body: a 204, or a 200 that is empty or only whitespace.
+    EmptyBody,
+    /// Longer than [`MAX_BODY_BYTES`]: cut off, so whatever it said is unknown.
+    CutOff,
+    /// Not JSON (a proxy's HTML page, truncated JSON, a byte order mark
+    /// followed by anything but JSON).
+    NotJson,
+    /// JSON, but not an object with a string `status` (`[...]`, a nested
+    /// status, `"status": null`).
+    NoStatus,
+    /// A key the classifier reads (`status`, `error`, a listing of ids,
+    /// `processed`) appears twice, so the answer says two things.
+    DuplicateKey,
+    /// A `status` other than `success` and `fail`: `"partial"`, `"SUCCESS"`,
+    /// `" success"`.
+    OtherStatus,
+    /// A success that lists ids as not processed, in a shape that does not
+    /// map to the batch's ids, or that lists all of them.
+    Unprocessed,
+}
+
+impl Unconfirmed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unconfirmed::EmptyBody => "empty_body",
+            Unconfirmed::CutOff => "cut_off",
+            Unconfirmed::NotJson => "not_json",
+            Unconfirmed::NoStatus => "no_status",
+            Unconfirmed::DuplicateKey => "duplicate_key",
+            Unconfirmed::OtherStatus => "other_status",
+            Unconfirmed::Unprocessed => "unprocessed",
+        }
+    }
+
+    /// What the answer was, for logs and the dead-letter detail (never the body).
+    pub fn describe(self, status: u16) -> String {
+        let what = match self {
+            Unconfirmed::EmptyBody => "an empty body",
+            Unconfirmed::CutOff => "a body longer than 64 KiB",
+            Unconfirmed::NotJson => "a body that is not JSON",
+            Unconfirmed::NoStatus => "no \"status\" in its JSON",
+            Unconfirmed::DuplicateKey => "a key repeated in its JSON",
+            Unconfirmed::OtherStatus => "a \"status\" other than \"success\"",
+            Unconfirmed::Unprocessed => "a success listing ids as not processed",
+        };
+        format!("HTTP {status} with {what}")
+    }
+}
+
+/// Keys of a success answer that list ids CleverTap did not process.
+pub const LISTING_KEYS: [&str; 4] = ["unprocessed", "errors", "failed", "failures"];
+/// Keys naming an id in a listed entry (`{"identity": "x", "error": "..."}`);
+/// `record` holds the original record, as CleverTap's upload API answers.
+const ID_KEYS: [&str; 4] = ["identity", "guid", "objectId", "id"];
+
+/// The UTF-8 byte order mark. RFC 8259 section 8.1: JSON senders must not
+/// add one, parsers may ignore it.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// The top-level keys of a JSON object, in order, duplicates kept (a plain
+/// `serde_json::Value` keeps only the last of `{"status":"fail","status":"success"}`).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// An answer body as the classifier reads it.
+enum Body {
+    /// Empty, or only whitespace.
+    Empty,
+    NotJson,
+    /// JSON, but not an object.
+    NotObject,
+    Object(Entries),
+}
+
+impl Body {
+    fn parse(body: &[u8]) -> Body {
+        let body = body.strip_prefix(BOM).unwrap_or(body);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Body::Empty;
+        }
+        match serde_json::from_slice::<Entries>(body) {
+            Ok(entries) => Body::Object(entries),
+            Err(e) if e.is_data() => Body::NotObject,
+            Err(_) => Body::NotJson,
+        }
+    }
+}
+
+impl Entries {
+    /// The value of `key`; `Err` when it appears more than once.
+    fn get(&self, key: &str) -> Result<Option<&serde_json::Value>, Unconfirmed> {
+        let mut found = self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v);
+        let first = found.next();
+        match found.next() {
+            Some(_) => Err(Unconfirmed::DuplicateKey),
+            None => Ok(first),
+        }
+    }
+
+    /// The `error` message, when it is a string that is not blank.
+    fn message(&self) -> Option<String> {
+        match self.get("error") {
+            Ok(Some(serde_json::Value::String(e))) if !e.trim().is_empty() => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The ids a listing names; `Err` when its shape names no id or something
+/// else than ids (a count, `true`, an entry without an id).
+fn listed_ids(value: &serde_json::Value, out: &mut Vec<String>) -> Result<(), ()> {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(false) => Ok(()),
+        Value::Number(n) if n.as_u64() == Some(0) => Ok(()),
+        Value::String(id) if !id.is_empty() => {
+            out.push(id.clone());
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|item| match item {
+            Value::String(id) if !id.is_empty() => {
+                out.push(id.clone());
+                Ok(())
+            }
+            Value::Object(_) => entry_ids(item, out),
+            _ => Err(()),
+        }),
+        Value::Object(map) if map.is_empty() => Ok(()),
+        Value::Object(map) => {
+            if map
+                .keys()
+                .any(|k| ID_KEYS.contains(&k.as_str()) || k == "record")
+            {
+                entry_ids(value, out)
+            } else {
+                // `{"<id>": "<why>", ...}`
+                out.extend(map.keys().cloned());
+                Ok(())
+            }
+        }
+        _ => Err(()),
+    }
+}
+
+/// The ids of one listed entry: `{"identity": "x", ...}`, `{"guid": ["x"]}`,
+/// `{"record": {"identity": "x"}, "error": "..."}`.
+fn entry_ids(entry: &serde_json::Value, out: &mut Vec<String>) -> Result<(), ()> {
+    use serde_json::Value;
+    let Value::Object(map) = entry else {
+        return Err(());
+    };
+    let before = out.len();
+    for (key, value) in map {
+        if key == "record" {
+            entry_ids(value, out)?;
+        } else if ID_KEYS.contains(&key.as_str()) {
+            match value {
+                Value::String(id) if !id.is_empty() => out.push(id.clone()),
+                Value::Array(ids) => {
+                    for id in ids {
+                        match id {
+                            Value::String(id) if !id.is_empty() => out.push(id.clone()),
+                            _ => return Err(()),
+                        }
+                    }
+                }
+                _ => return Err(()),
+            }
+        }
+    }
+    if out.len() == before {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Reads a 2xx answer's body (already cut to [`MAX_BODY_BYTES`]).
+fn classify_2xx(body: &[u8], status: u16, after: Option<Duration>) -> Verdict {
+    let unconfirmed = |why| Verdict::Unconfirmed { why, after };
+    let entries = match Body::parse(body) {
+        Body::Empty => return unconfirmed(Unconfirmed::EmptyBody),
+        Body::NotJson => return unconfirmed(Unconfirmed::NotJson),
+        Body::NotObject => return unconfirmed(Unconfirmed::NoStatus),
+        Body::Object(entries) => entries,
+    };
+    let status_value = match entries.get("status") {
+        Ok(Some(serde_json::Value::String(s))) => s.as_str(),
+        Ok(_) => return unconfirmed(Unconfirmed::NoStatus),
+        Err(why) => return unconfirmed(why),
+    };
+    if status_value.eq_ignore_ascii_case("fail") {
+        // An explicit failure in a 2xx: treat like a 400 so bad ids are isolated.
+        return Verdict::Rejected {
+            message: api_message(body, status),
+        };
+    }
+    // Exactly "success": never "SUCCESS" or " success".
+    if status_value != "success" {
+        return unconfirmed(Unconfirmed::OtherStatus);
+    }
+    let mut unprocessed = Vec::new();
+    for key in LISTING_KEYS {
+        match entries.get(key) {
+            Ok(None) => {}
+            Ok(Some(listing)) => {
+                if listed_ids(listing, &mut unprocessed).is_err() {
+                    return unconfirmed(Unconfirmed::Unprocessed);
+                }
+            }
+            Err(why) => return unconfirmed(why),
+        }
+    }
+    let processed = match entries.get("processed") {
+        Ok(value) => value.and_then(serde_json::Value::as_u64),
+        Err(why) => return unconfirmed(why),
+    };
+    if let Err(why) = entries.get("error") {
+        return unconfirmed(why);
+    }
+    if unprocessed.is_empty() && processed.is_none() {
+        Verdict::Deleted
+    } else {
+        Verdict::PartlyDeleted {
+            unprocessed,
+            processed,
+        }
+    }
+}
+
+/// Ids of a batch, in batch order.
+pub type Ids = Vec<Arc<str>>;
+
+/// Which ids of a batch a [`Verdict::PartlyDeleted`] answer confirms:
+/// `(confirmed, unconfirmed)`, in batch order. `None` when the answer cannot
+/// be mapped to the batch: it lists an id the batch does not hold, or its
+/// `processed` count differs from the ids it does not list. Then the whole
+/// batch is unconfirmed.
+pub fn split_confirmed(
+    ids: &[Arc<str>],
+    unprocessed: &[String],
+    processed: Option<u64>,
+) -> Option<(Ids, Ids)> {
+    let listed: std::collections::HashSet<&str> = unprocessed.iter().map(String::as_str).collect();
+    if listed.iter().any(|l| !ids.iter().any(|id| &**id == *l)) {
+        return None;
+    }
+    let (left, confirmed): (Vec<_>, Vec<_>) =
+        ids.iter().cloned().partition(|id| listed.contains(&**id));
+    if processed.is_some_and(|n| n != confirmed.len() as u64) {
+        return None;
+    }
+    Some((confirmed, left))
 }
 
 /// The longest API message carried into dead-letter headers.
@@ -118,10 +446,11 @@ pub const MAX_MESSAGE_CHARS: usize = 300;
 
 fn api_message(body: &[u8], status: u16) -> String {
     // A blank message says nothing: the status at least does.
-    let text = match StatusBody::parse(body).and_then(|b| b.error) {
-        Some(e) if !e.trim().is_empty() => e,
-        _ => format!("HTTP {status}"),
-    };
+    let text = match Body::parse(body) {
+        Body::Object(entries) => entries.message(),
+        _ => None,
+    }
+    .unwrap_or_else(|| format!("HTTP {status}"));
     text.chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
@@ -141,29 +470,32 @@ pub fn classify(result: &Result<ApiReply, TransportError>) -> Verdict {
                 after: None,
             }
         }
+        Err(TransportError::InvalidRequest) => {
+            return Verdict::Held {
+                cause: Hold::InvalidRequest,
+            }
+        }
     };
     let retry = |reason| Verdict::Retry {
         reason,
         after: reply.retry_after,
     };
+    let cut_off = reply.body.len() > MAX_BODY_BYTES;
+    let body = &reply.body[..reply.body.len().min(MAX_BODY_BYTES)];
     match reply.status {
-        200..=299 => {
-            match StatusBody::parse(&reply.body).and_then(|b| b.status) {
-                Some(s) if s.eq_ignore_ascii_case("success") => Verdict::Deleted,
-                // An explicit failure in a 2xx: treat like a 400 so bad ids are isolated.
-                Some(s) if s.eq_ignore_ascii_case("fail") => Verdict::Rejected {
-                    message: api_message(&reply.body, reply.status),
-                },
-                _ => retry(RetryReason::Unexpected),
-            }
-        }
+        // A success cut off is not a success: what followed is unknown.
+        200..=299 if cut_off => Verdict::Unconfirmed {
+            why: Unconfirmed::CutOff,
+            after: reply.retry_after,
+        },
+        200..=299 => classify_2xx(body, reply.status, reply.retry_after),
         429 => retry(RetryReason::TooManyRequests),
         408 | 500..=599 => retry(RetryReason::ServerError),
         400 | 413 | 422 => Verdict::Rejected {
-            message: api_message(&reply.body, reply.status),
+            message: api_message(body, reply.status),
         },
         401 | 403 | 404 => Verdict::Held {
-            status: reply.status,
+            cause: Hold::Refused(reply.status),
         },
         _ => retry(RetryReason::Unexpected),
     }
@@ -243,13 +575,23 @@ impl DeleteApi for HttpDeleteApi {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| transport_error(account, e))?;
+            // Read at most one byte past the cap: enough to know the body was
+            // cut. The rest is never read (the connection is not reused).
+            let mut response = response;
+            let mut body = Vec::new();
+            while body.len() <= MAX_BODY_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        let room = MAX_BODY_BYTES + 1 - body.len();
+                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(transport_error(account, e)),
+                }
+            }
             Ok(ApiReply {
                 status,
-                body: body.to_vec(),
+                body,
                 retry_after,
             })
         })
@@ -259,6 +601,18 @@ impl DeleteApi for HttpDeleteApi {
 /// Classifies a failed request and logs why it failed (a TLS certificate
 /// refused, a refused connection, ...), which the class alone does not say.
 fn transport_error(account: &RegionAccount, e: reqwest::Error) -> TransportError {
+    if e.is_builder() {
+        // reqwest's message names the problem ("failed to parse header
+        // value"), never the value, so no passcode reaches the log.
+        tracing::error!(
+            region = %account.name,
+            endpoint = %account.endpoint,
+            status = TransportError::InvalidRequest.as_str(),
+            error = %error_chain(&e.without_url()),
+            "the request to CleverTap cannot be built: a control character in the account id or passcode, or an endpoint that is not a URL"
+        );
+        return TransportError::InvalidRequest;
+    }
     let class = if e.is_timeout() {
         TransportError::Timeout
     } else if e.is_connect() {
@@ -362,13 +716,13 @@ mod tests {
                 message: "Invalid identity".into()
             }
         );
-        assert!(matches!(
+        assert_eq!(
             classify(&reply(200, "<html>")),
-            Verdict::Retry {
-                reason: RetryReason::Unexpected,
-                ..
+            Verdict::Unconfirmed {
+                why: Unconfirmed::NotJson,
+                after: None
             }
-        ));
+        );
         assert!(matches!(
             classify(&reply(
                 429,
@@ -404,8 +758,19 @@ mod tests {
             }
         );
         for s in [401, 403, 404] {
-            assert_eq!(classify(&reply(s, "")), Verdict::Held { status: s });
+            assert_eq!(
+                classify(&reply(s, "")),
+                Verdict::Held {
+                    cause: Hold::Refused(s)
+                }
+            );
         }
+        assert_eq!(
+            classify(&Err(TransportError::InvalidRequest)),
+            Verdict::Held {
+                cause: Hold::InvalidRequest
+            }
+        );
         assert!(matches!(
             classify(&reply(418, "")),
             Verdict::Retry {
@@ -430,15 +795,207 @@ mod tests {
     }
 
     #[test]
+    fn nothing_but_a_clear_success_is_a_deletion() {
+        for body in [
+            "",
+            "  \n",
+            "<html><body>Request accepted</body></html>",
+            r#"{"status":"partial"}"#,
+            r#"{"status":"SUCCESS"}"#,
+            r#"{"status":" success"}"#,
+            r#"{"status":"fail","status":"success"}"#,
+            r#"{"data":{"status":"success"}}"#,
+            r#"[{"status":"success"}]"#,
+            r#"{"status":"success""#,
+            r#"{"status":"success","unprocessed":["a"]}"#,
+            r#"{"status":"success","errors":[{"identity":"a","error":"not found"}]}"#,
+        ] {
+            assert_ne!(classify(&reply(200, body)), Verdict::Deleted, "{body:?}");
+        }
+        assert_ne!(classify(&reply(204, "")), Verdict::Deleted);
+    }
+
+    #[test]
+    fn odd_2xx_answers_say_why_they_confirm_nothing() {
+        let why = |status, body: &str| match classify(&reply(status, body)) {
+            Verdict::Unconfirmed { why, .. } => Some(why),
+            _ => None,
+        };
+        use Unconfirmed::*;
+        assert_eq!(why(200, ""), Some(EmptyBody));
+        assert_eq!(why(204, ""), Some(EmptyBody));
+        assert_eq!(why(200, " \r\n"), Some(EmptyBody));
+        assert_eq!(why(200, "\u{feff}"), Some(EmptyBody));
+        assert_eq!(why(200, "<html></html>"), Some(NotJson));
+        assert_eq!(why(200, r#"{"status":"success""#), Some(NotJson));
+        assert_eq!(why(200, r#"{"status":"success"} trailing"#), Some(NotJson));
+        assert_eq!(why(200, r#"["success"]"#), Some(NoStatus));
+        assert_eq!(why(200, r#""success""#), Some(NoStatus));
+        assert_eq!(why(200, r#"{"data":{"status":"success"}}"#), Some(NoStatus));
+        assert_eq!(why(200, r#"{"status":null}"#), Some(NoStatus));
+        assert_eq!(why(200, r#"{"status":["success"]}"#), Some(NoStatus));
+        assert_eq!(
+            why(200, r#"{"status":"fail","status":"success"}"#),
+            Some(DuplicateKey)
+        );
+        assert_eq!(
+            why(200, r#"{"status":"success","status":"success"}"#),
+            Some(DuplicateKey)
+        );
+        assert_eq!(
+            why(
+                200,
+                r#"{"status":"success","unprocessed":[],"unprocessed":["a"]}"#
+            ),
+            Some(DuplicateKey)
+        );
+        assert_eq!(why(200, r#"{"status":"partial"}"#), Some(OtherStatus));
+        assert_eq!(why(200, r#"{"status":"SUCCESS"}"#), Some(OtherStatus));
+        assert_eq!(why(200, r#"{"status":" success"}"#), Some(OtherStatus));
+        assert_eq!(
+            why(200, r#"{"status":"success","unprocessed":3}"#),
+            Some(Unprocessed)
+        );
+        assert_eq!(
+            why(200, r#"{"status":"success","errors":true}"#),
+            Some(Unprocessed)
+        );
+        assert_eq!(
+            why(
+                200,
+                r#"{"status":"success","errors":[{"code":5,"error":"x"}]}"#
+            ),
+            Some(Unprocessed)
+        );
+        assert_eq!(
+            why(200, r#"{"status":"success","unprocessed":[7]}"#),
+            Some(Unprocessed)
+        );
+        let mut cut = br#"{"status":"success"}"#.to_vec();
+        cut.resize(MAX_BODY_BYTES + 1, b' ');
+        assert_eq!(
+            classify(&Ok(ApiReply {
+                status: 200,
+                body: cut,
+                retry_after: None
+            })),
+            Verdict::Unconfirmed {
+                why: CutOff,
+                after: None
+            }
+        );
+        // Exactly at the cap, it is read whole.
+        let mut full = br#"{"status":"success"}"#.to_vec();
+        full.resize(MAX_BODY_BYTES, b' ');
+        assert_eq!(
+            classify(&Ok(ApiReply {
+                status: 200,
+                body: full,
+                retry_after: None
+            })),
+            Verdict::Deleted
+        );
+        assert_eq!(
+            Unconfirmed::EmptyBody.describe(204),
+            "HTTP 204 with an empty body"
+        );
+    }
+
+    #[test]
+    fn listings_of_unprocessed_ids_in_every_plausible_shape() {
+        let listed = |body: &str| match classify(&reply(200, body)) {
+            Verdict::PartlyDeleted { unprocessed, .. } => unprocessed,
+            v => panic!("{body}: {v:?}"),
+        };
+        let ab = vec!["a".to_string(), "b".to_string()];
+        for body in [
+            r#"{"status":"success","unprocessed":["a","b"]}"#,
+            r#"{"status":"success","errors":["a","b"]}"#,
+            r#"{"status":"success","failed":["a","b"]}"#,
+            r#"{"status":"success","failures":["a","b"]}"#,
+            r#"{"status":"success","unprocessed":["a"],"errors":["b"]}"#,
+            r#"{"status":"success","errors":[{"identity":"a","error":"x"},{"identity":"b"}]}"#,
+            r#"{"status":"success","errors":[{"guid":["a","b"],"code":404}]}"#,
+            r#"{"status":"success","errors":[{"objectId":"a"},{"id":"b"}]}"#,
+            r#"{"status":"success","processed":0,"unprocessed":[{"status":"fail","error":"x","record":{"identity":"a"}},{"record":{"identity":"b"}}]}"#,
+            r#"{"status":"success","errors":{"a":"not found","b":"not found"}}"#,
+            r#"{"status":"success","errors":{"identity":["a","b"]}}"#,
+        ] {
+            assert_eq!(listed(body), ab, "{body}");
+        }
+        // Empty listings say nothing was left out.
+        for body in [
+            r#"{"status":"success","unprocessed":[]}"#,
+            r#"{"status":"success","errors":null}"#,
+            r#"{"status":"success","errors":{}}"#,
+            r#"{"status":"success","failed":0}"#,
+            r#"{"status":"success","failed":false}"#,
+        ] {
+            assert_eq!(classify(&reply(200, body)), Verdict::Deleted, "{body}");
+        }
+    }
+
+    #[test]
+    fn split_confirmed_maps_a_listing_onto_the_batch_or_gives_up() {
+        let ids: Vec<std::sync::Arc<str>> = ["a", "b", "c"].map(std::sync::Arc::from).to_vec();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let arcs = |v: &[&str]| {
+            v.iter()
+                .map(|x| std::sync::Arc::<str>::from(*x))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            split_confirmed(&ids, &s(&["b"]), None),
+            Some((arcs(&["a", "c"]), arcs(&["b"])))
+        );
+        assert_eq!(
+            split_confirmed(&ids, &s(&["b", "b"]), Some(2)),
+            Some((arcs(&["a", "c"]), arcs(&["b"])))
+        );
+        assert_eq!(
+            split_confirmed(&ids, &s(&["a", "b", "c"]), None),
+            Some((vec![], arcs(&["a", "b", "c"])))
+        );
+        assert_eq!(
+            split_confirmed(&ids, &[], Some(3)),
+            Some((arcs(&["a", "b", "c"]), vec![]))
+        );
+        // An id the batch does not hold, or a count that does not add up.
+        assert_eq!(split_confirmed(&ids, &s(&["b", "z"]), None), None);
+        assert_eq!(split_confirmed(&ids, &s(&["B"]), None), None);
+        assert_eq!(split_confirmed(&ids, &[], Some(2)), None);
+        assert_eq!(split_confirmed(&ids, &s(&["b"]), Some(3)), None);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_a_success_is_read_past() {
+        // RFC 8259 section 8.1: a parser may ignore a byte order mark.
+        assert_eq!(
+            classify(&reply(200, "\u{feff}{\"status\":\"success\"}")),
+            Verdict::Deleted
+        );
+    }
+
+    #[test]
     fn an_odd_error_field_does_not_hide_success() {
         // Found by tests/fuzz_classify.rs: `error` used to have to be a string.
         for body in [
             r#"{"error":false,"status":"success"}"#,
             r#"{"status":"success","error":{"code":0}}"#,
-            r#"{"status":"success","error":null,"processed":3}"#,
+            r#"{"status":"success","error":null,"code":200}"#,
         ] {
             assert_eq!(classify(&reply(200, body)), Verdict::Deleted, "{body}");
         }
+        assert_eq!(
+            classify(&reply(
+                200,
+                r#"{"status":"success","error":null,"processed":3}"#
+            )),
+            Verdict::PartlyDeleted {
+                unprocessed: vec![],
+                processed: Some(3)
+            }
+        );
         assert_eq!(
             classify(&reply(400, r#"{"status":"fail","error":17}"#)),
             Verdict::Rejected {
@@ -452,6 +1009,130 @@ mod tests {
                 message: "HTTP 200".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_an_invalid_request() {
+        let api = HttpDeleteApi::new(Duration::from_secs(1), 1).unwrap();
+        let batch = DeleteBatch::new(
+            crate::ids::RegionName::new("eu1"),
+            crate::ids::IdKind::Guid,
+            vec![std::sync::Arc::from("g")],
+        )
+        .unwrap();
+        let account = |account_id: &str, passcode: &str, endpoint: &str| RegionAccount {
+            name: crate::ids::RegionName::new("eu1"),
+            account_id: account_id.into(),
+            passcode: crate::secret::Secret::new(passcode),
+            endpoint: endpoint.into(),
+        };
+        for bad in [
+            account("A", "pass\nword", "http://127.0.0.1:1"),
+            account("A", "pass\rword", "http://127.0.0.1:1"),
+            account("A\u{7f}", "p", "http://127.0.0.1:1"),
+            account("A", "p", "not a url"),
+        ] {
+            assert_eq!(
+                api.delete(&bad, &batch).await,
+                Err(TransportError::InvalidRequest),
+                "{:?} {}",
+                bad.account_id,
+                bad.endpoint
+            );
+        }
+    }
+
+    /// Serves one HTTP/1.1 request on a fresh port: reads it, writes `head`,
+    /// then `chunks` bodies of `chunk` bytes each (`None` = forever).
+    async fn serve_once(head: String, chunk: Vec<u8>, chunks: Option<usize>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body by its Content-Length.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if request.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            if conn.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut sent = 0;
+            while chunks.is_none_or(|c| sent < c) {
+                if conn.write_all(&chunk).await.is_err() {
+                    return; // the client stopped reading
+                }
+                sent += 1;
+            }
+        });
+        endpoint
+    }
+
+    fn test_account(endpoint: String) -> RegionAccount {
+        RegionAccount {
+            name: crate::ids::RegionName::new("eu1"),
+            account_id: "A".into(),
+            passcode: crate::secret::Secret::new("p"),
+            endpoint,
+        }
+    }
+
+    fn test_batch() -> DeleteBatch {
+        DeleteBatch::new(
+            crate::ids::RegionName::new("eu1"),
+            crate::ids::IdKind::Guid,
+            vec![std::sync::Arc::from("g")],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_huge_success_body_is_cut_and_not_a_success() {
+        // `{"status":"success"}` and then a megabyte of spaces: valid JSON,
+        // but nobody reads a megabyte to learn that.
+        let filler = vec![b' '; 1 << 20];
+        let prefix = br#"{"status":"success"}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            prefix.len() + filler.len(),
+            std::str::from_utf8(prefix).unwrap()
+        );
+        let endpoint = serve_once(head, filler, Some(1)).await;
+        let api = HttpDeleteApi::new(Duration::from_secs(5), 1).unwrap();
+        let result = api.delete(&test_account(endpoint), &test_batch()).await;
+        let reply = result.clone().expect("an answer");
+        assert!(
+            reply.body.len() <= 64 * 1024 + 1,
+            "read {} bytes",
+            reply.body.len()
+        );
+        assert_ne!(classify(&result), Verdict::Deleted);
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_is_cut_before_the_timeout() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n<html>".to_string();
+        let endpoint = serve_once(head, vec![b'x'; 8192], None).await;
+        let api = HttpDeleteApi::new(Duration::from_secs(3), 1).unwrap();
+        let started = std::time::Instant::now();
+        let result = api.delete(&test_account(endpoint), &test_batch()).await;
+        let reply = result.clone().expect("an answer, not a timeout");
+        assert!(reply.body.len() <= 64 * 1024 + 1);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_ne!(classify(&result), Verdict::Deleted);
     }
 
     #[test]

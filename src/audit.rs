@@ -10,10 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::ids::{IdKind, RegionName};
+pub use crate::ledger::AuditStatus;
 use crate::offsets::PartitionId;
-use crate::produce::{send_until_acked, RecordProducer};
+use crate::produce::{KafkaWriter, Unwritable};
 use crate::secret::Secret;
 
 /// How ids appear in audit records.
@@ -32,6 +34,30 @@ impl IdDisclosure {
             IdDisclosure::SaltedSha256(salt) => salted_sha256(salt.expose(), id),
         }
     }
+
+    /// A message from CleverTap with every quoted id of `ids` replaced by its
+    /// hash (hashed ids). If an id still shows in another spelling (case,
+    /// JSON escapes), the whole message is withheld.
+    fn redact(&self, message: &str, ids: &[Arc<str>]) -> String {
+        let IdDisclosure::SaltedSha256(_) = self else {
+            return message.to_string();
+        };
+        let mut out = message.to_string();
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            out = out.replace(&**id, &self.show(id));
+        }
+        let lower = out.to_lowercase();
+        let leaks = ids.iter().filter(|id| !id.is_empty()).any(|id| {
+            let escaped = serde_json::to_string(&**id).unwrap_or_default();
+            let escaped = escaped.trim_matches('"').to_lowercase();
+            lower.contains(&id.to_lowercase()) || lower.contains(&escaped)
+        });
+        if leaks {
+            "(withheld: it quoted an id)".to_string()
+        } else {
+            out
+        }
+    }
 }
 
 pub fn salted_sha256(salt: &str, id: &str) -> String {
@@ -39,15 +65,6 @@ pub fn salted_sha256(salt: &str, id: &str) -> String {
     h.update(salt.as_bytes());
     h.update(id.as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditStatus {
-    /// CleverTap answered success: the profiles are marked for deletion.
-    Deleted,
-    /// CleverTap refused the id (400); its events went to the dead-letter topic.
-    Rejected,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,13 +84,20 @@ pub struct AuditRecord {
     pub ids: Vec<String>,
     pub ids_hashed: bool,
     pub status: AuditStatus,
-    /// CleverTap's message for a rejection.
+    /// CleverTap's message for a rejection. With hashed ids, an id it quotes
+    /// is replaced by its hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub attempts: u32,
     pub completed_at_ms: u64,
     /// The source records whose deletion this request carried out.
     pub sources: Vec<AuditSource>,
+    /// When the sources did not fit one record: this record's number (from
+    /// 1) and how many records share the same ids and status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
 }
 
 impl Serialize for IdKind {
@@ -93,71 +117,140 @@ pub struct AuditInput<'a> {
     pub sources: Vec<(PartitionId, i64)>,
 }
 
+/// Bytes of sources per record: with the ids and the rest, a record stays
+/// far below the producer's 1,000,000-byte default, whatever the topic names.
+pub const SOURCES_BUDGET: usize = 256 * 1024;
+
+/// A source's JSON size, near enough: `{"topic":"…","partition":N,"offset":N},`.
+fn source_size(p: &PartitionId) -> usize {
+    p.topic.len() + 64
+}
+
+/// The audit record(s) for one finished request: more than one when its
+/// sources exceed [`SOURCES_BUDGET`], each with every id and a share of the
+/// sources, numbered with `part` of `parts`.
+pub fn build_records(
+    input: AuditInput<'_>,
+    disclosure: &IdDisclosure,
+    now: SystemTime,
+) -> Vec<AuditRecord> {
+    let mut chunks: Vec<Vec<(PartitionId, i64)>> = vec![Vec::new()];
+    let mut used = 0;
+    for source in input.sources {
+        let size = source_size(&source.0);
+        if used + size > SOURCES_BUDGET && !chunks.last().expect("one chunk").is_empty() {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        chunks.last_mut().expect("one chunk").push(source);
+    }
+    let parts = chunks.len() as u32;
+    let ids: Vec<String> = input.ids.iter().map(|id| disclosure.show(id)).collect();
+    let message = input.message.map(|m| disclosure.redact(m, input.ids));
+    let completed_at_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, sources)| AuditRecord {
+            region: input.region.to_string(),
+            account_id: input.account_id.to_string(),
+            kind: input.kind,
+            ids: ids.clone(),
+            ids_hashed: matches!(disclosure, IdDisclosure::SaltedSha256(_)),
+            status: input.status,
+            message: message.clone(),
+            attempts: input.attempts,
+            completed_at_ms,
+            sources: sources
+                .into_iter()
+                .map(|(p, offset)| AuditSource {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    offset,
+                })
+                .collect(),
+            part: (parts > 1).then_some(i as u32 + 1),
+            parts: (parts > 1).then_some(parts),
+        })
+        .collect()
+}
+
+/// One record; see [`build_records`] for requests with many sources.
 pub fn build_record(
     input: AuditInput<'_>,
     disclosure: &IdDisclosure,
     now: SystemTime,
 ) -> AuditRecord {
-    AuditRecord {
-        region: input.region.to_string(),
-        account_id: input.account_id.to_string(),
-        kind: input.kind,
-        ids: input.ids.iter().map(|id| disclosure.show(id)).collect(),
-        ids_hashed: matches!(disclosure, IdDisclosure::SaltedSha256(_)),
-        status: input.status,
-        message: input.message.map(str::to_string),
-        attempts: input.attempts,
-        completed_at_ms: now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        sources: input
-            .sources
-            .into_iter()
-            .map(|(p, offset)| AuditSource {
-                topic: p.topic.to_string(),
-                partition: p.partition,
-                offset,
-            })
-            .collect(),
+    let mut records = build_records(input, disclosure, now);
+    let mut first = records.swap_remove(0);
+    for more in records {
+        first.sources.extend(more.sources);
     }
+    first.part = None;
+    first.parts = None;
+    first
 }
 
 #[derive(Clone)]
 pub struct AuditWriter {
-    producer: RecordProducer,
+    writer: KafkaWriter,
     topic: String,
     pub disclosure: IdDisclosure,
 }
 
 impl AuditWriter {
-    pub fn new(producer: RecordProducer, topic: String, disclosure: IdDisclosure) -> Self {
+    pub fn new(writer: KafkaWriter, topic: String, disclosure: IdDisclosure) -> Self {
         AuditWriter {
-            producer,
+            writer,
             topic,
             disclosure,
         }
     }
 
-    /// Returns once the broker acknowledged the record (retries until then).
-    pub async fn write(&self, record: &AuditRecord) {
+    /// Returns once the broker acknowledged the record (retries until then),
+    /// or false when `cancel` fired first.
+    pub async fn write(&self, record: &AuditRecord, cancel: &CancellationToken) -> bool {
         let payload = serde_json::to_vec(record).expect("audit records serialize");
         let headers = OwnedHeaders::new().insert(Header {
             key: "status",
-            value: Some(match record.status {
-                AuditStatus::Deleted => "deleted",
-                AuditStatus::Rejected => "rejected",
-            }),
+            value: Some(record.status.as_str()),
         });
-        send_until_acked(
-            &self.producer,
-            &self.topic,
-            Some(record.region.as_bytes()),
-            Some(&payload),
-            &headers,
-            "audit record",
-        )
-        .await;
+        loop {
+            match self
+                .writer
+                .send(
+                    &self.topic,
+                    Some(record.region.as_bytes()),
+                    Some(&payload),
+                    &headers,
+                    "audit record",
+                    cancel,
+                )
+                .await
+            {
+                Ok(()) => return true,
+                Err(Unwritable::Cancelled) => return false,
+                // Records are split well below the producer's default limit;
+                // a topic configured smaller needs an operator. Evidence is
+                // never dropped: retry slowly, visibly.
+                Err(Unwritable::Refused(failure)) => {
+                    tracing::error!(
+                        topic = %self.topic,
+                        reason = failure.as_str(),
+                        bytes = payload.len(),
+                        "the audit topic refuses a record; raise its max.message.bytes"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                        () = cancel.cancelled() => return false,
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -214,5 +307,69 @@ mod tests {
             "fadf7b97406e1eaa259a82e26e6839e564c37c256876e060e17838c86b7275ef"
         );
         assert!(!serde_json::to_string(&r).unwrap().contains("person@"));
+    }
+
+    #[test]
+    fn hashed_records_do_not_quote_the_id_in_the_message() {
+        let ids: Vec<Arc<str>> = vec![Arc::from("Person@Example.com")];
+        let region = RegionName::new("eu1");
+        let hashed = IdDisclosure::SaltedSha256(Secret::new("pepper-pepper-16"));
+        let mut i = input(&ids, &region);
+        i.status = AuditStatus::Rejected;
+        i.message = Some("Invalid identity Person@Example.com for this account");
+        let r = build_record(i, &hashed, SystemTime::now());
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            !text.to_lowercase().contains("person@example.com"),
+            "{text}"
+        );
+        let hash = salted_sha256("pepper-pepper-16", "Person@Example.com");
+        assert_eq!(
+            r.message.as_deref(),
+            Some(format!("Invalid identity {hash} for this account").as_str())
+        );
+        // Quoted in another spelling: the message is withheld.
+        let mut i = input(&ids, &region);
+        i.message = Some("no such profile person@example.com");
+        let r = build_record(i, &hashed, SystemTime::now());
+        assert!(!serde_json::to_string(&r)
+            .unwrap()
+            .to_lowercase()
+            .contains("person@example.com"));
+        // Plain ids keep the message as it was.
+        let mut i = input(&ids, &region);
+        i.message = Some("no such profile Person@Example.com");
+        let r = build_record(i, &IdDisclosure::Plain, SystemTime::now());
+        assert_eq!(
+            r.message.as_deref(),
+            Some("no such profile Person@Example.com")
+        );
+    }
+
+    #[test]
+    fn many_sources_are_split_into_records_the_producer_can_write() {
+        let ids: Vec<Arc<str>> = (0..100).map(|n| Arc::from(format!("id-{n:040}"))).collect();
+        let region = RegionName::new("eu1");
+        let topic = "t".repeat(200);
+        let mut i = input(&ids, &region);
+        i.sources = (0..20_000)
+            .map(|o| (PartitionId::new(&topic, (o % 12) as i32), o))
+            .collect();
+        let records = build_records(i, &IdDisclosure::Plain, SystemTime::now());
+        assert!(records.len() > 1);
+        let mut offsets = Vec::new();
+        for (n, r) in records.iter().enumerate() {
+            let bytes = serde_json::to_vec(r).unwrap().len();
+            assert!(bytes < 400_000, "record {n} is {bytes} bytes");
+            assert_eq!(r.part, Some(n as u32 + 1));
+            assert_eq!(r.parts, Some(records.len() as u32));
+            assert_eq!(r.ids.len(), 100);
+            offsets.extend(r.sources.iter().map(|s| s.offset));
+        }
+        assert_eq!(
+            offsets,
+            (0..20_000).collect::<Vec<i64>>(),
+            "every source once"
+        );
     }
 }

@@ -234,6 +234,10 @@ pub struct ApiSettings {
     /// PEM file of extra CA certificates trusted for the CleverTap endpoints,
     /// in addition to the platform's roots (a TLS-inspecting proxy, a test).
     pub ca_file: Option<PathBuf>,
+    /// Retries of a batch whose 2xx answers do not confirm the deletion
+    /// (empty, not JSON, no `"status":"success"`), before it is split in
+    /// halves; a single id still unconfirmed is dead-lettered `unconfirmed`.
+    pub unconfirmed_retries: u32,
 }
 
 impl Default for ApiSettings {
@@ -246,6 +250,7 @@ impl Default for ApiSettings {
             auth_retry_ms: 30_000,
             dry_run: false,
             ca_file: None,
+            unconfirmed_retries: 5,
         }
     }
 }

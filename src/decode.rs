@@ -35,10 +35,12 @@ pub enum DeadLetterReason {
     UnknownRegion,
     /// CleverTap answered 400 for this id alone.
     ApiRejected,
+    /// CleverTap's 2xx answers for this id alone never said success.
+    Unconfirmed,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 11] = [
+    pub const ALL: [DeadLetterReason; 12] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::NotUtf8,
@@ -50,6 +52,7 @@ impl DeadLetterReason {
         DeadLetterReason::NoRegion,
         DeadLetterReason::UnknownRegion,
         DeadLetterReason::ApiRejected,
+        DeadLetterReason::Unconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl DeadLetterReason {
             DeadLetterReason::NoRegion => "no_region",
             DeadLetterReason::UnknownRegion => "unknown_region",
             DeadLetterReason::ApiRejected => "api_rejected",
+            DeadLetterReason::Unconfirmed => "unconfirmed",
         }
     }
 }

@@ -4,7 +4,8 @@
 //! It enforces the real contract strictly (so tests catch a daemon that would be
 //! refused in production), records every deletion and every answer, and can
 //! inject the faults the daemon must survive: 5xx, 429, replies lost after the
-//! deletion happened, and hangs. Used by the `demo` command, integration tests
+//! deletion happened, hangs, and 2xx answers that do not confirm the deletion
+//! (empty, 204, HTML, `"status":"partial"`, success listing unprocessed ids). Used by the `demo` command, integration tests
 //! and the benchmark, so the hot path only takes short, uncontended locks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,6 +39,26 @@ const ACCOUNT_HEADER: &str = "x-clevertap-account-id";
 const PASSCODE_HEADER: &str = "x-clevertap-passcode";
 const SUCCESS_BODY: &str = r#"{"status":"success"}"#;
 
+/// A 2xx answer outside the documented contract, given to every request
+/// that holds an id marked with [`FakeCleverTap::odd_ids`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OddAnswer {
+    /// 200 with an empty body; nothing is deleted.
+    Empty,
+    /// 204 No Content; nothing is deleted.
+    NoContent,
+    /// 200 with a proxy's HTML page; nothing is deleted.
+    Html,
+    /// 200 `{"status":"partial"}`; nothing is deleted.
+    Partial,
+    /// 200 with a UTF-8 byte order mark before `{"status":"success"}`; the
+    /// whole request is deleted.
+    BomSuccess,
+    /// 200 `{"status":"success","processed":N,"unprocessed":[...]}` listing
+    /// the request's marked ids: the others are deleted, those are not.
+    Unprocessed,
+}
+
 /// One account the fake accepts.
 #[derive(Clone, Debug)]
 pub struct FakeAccount {
@@ -55,7 +76,7 @@ impl FakeAccount {
 }
 
 /// Injected faults; each probability is rolled independently per valid request,
-/// in the order too_many, server_error, lost_reply, hang.
+/// in the order too_many, server_error, lost_reply, empty_200, hang.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Probability of answering 500/502/503 (random pick) without deleting.
@@ -64,6 +85,9 @@ pub struct Faults {
     pub too_many: f64,
     /// Probability of deleting (recording the ids) and then answering 502.
     pub lost_reply: f64,
+    /// Probability of answering 200 with an empty body, deleting nothing
+    /// (a proxy's artefact: the daemon must not count it as a deletion).
+    pub empty_200: f64,
     /// Probability of sleeping `hang_for` before answering (then answering normally).
     pub hang: f64,
     pub hang_for: Duration,
@@ -164,6 +188,7 @@ struct Inner {
     faults: Mutex<Faults>,
     failing: Mutex<HashMap<String, u16>>,
     rejected: Mutex<HashSet<String>>,
+    odd: Mutex<HashMap<String, OddAnswer>>,
     deletions: Mutex<HashMap<DeletionKey, u32>>,
     deleted_total: AtomicU64,
     log: Mutex<Log>,
@@ -208,6 +233,7 @@ impl FakeCleverTap {
             faults: Mutex::new(config.faults),
             failing: Mutex::new(HashMap::new()),
             rejected: Mutex::new(HashSet::new()),
+            odd: Mutex::new(HashMap::new()),
             deletions: Mutex::new(HashMap::new()),
             deleted_total: AtomicU64::new(0),
             log: Mutex::new(Log::default()),
@@ -285,6 +311,17 @@ impl FakeCleverTap {
         lock(&self.inner.rejected).extend(ids);
     }
 
+    /// While set, any request containing one of these ids (and no rejected
+    /// or failing id) gets `answer`; the first marked id of the request picks
+    /// the answer.
+    pub fn odd_ids(&self, ids: impl IntoIterator<Item = String>, answer: OddAnswer) {
+        lock(&self.inner.odd).extend(ids.into_iter().map(|id| (id, answer)));
+    }
+
+    pub fn clear_odd_ids(&self) {
+        lock(&self.inner.odd).clear();
+    }
+
     /// Times each (account_id, kind, id) was deleted (successful requests and
     /// lost replies).
     pub fn deletion_counts(&self) -> HashMap<(String, IdKind, String), u32> {
@@ -351,6 +388,8 @@ struct Reply {
     ids: usize,
     retry_after: Option<u64>,
     extra_header: Option<(axum::http::HeaderName, HeaderValue)>,
+    /// A body outside the contract (content type, bytes), sent instead.
+    raw_body: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Reply {
@@ -362,6 +401,20 @@ impl Reply {
             ids,
             retry_after: None,
             extra_header: None,
+            raw_body: None,
+        }
+    }
+
+    /// A 2xx outside the contract.
+    fn odd(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            error: None,
+            kind: None,
+            ids: 0,
+            retry_after: None,
+            extra_header: None,
+            raw_body: Some((content_type, body)),
         }
     }
 
@@ -373,6 +426,7 @@ impl Reply {
             ids: 0,
             retry_after: None,
             extra_header: None,
+            raw_body: None,
         }
     }
 
@@ -393,6 +447,14 @@ impl Reply {
     }
 
     fn into_response(self) -> Response {
+        if let Some((content_type, body)) = self.raw_body {
+            let mut resp = (self.status, body).into_response();
+            if !content_type.is_empty() {
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            }
+            return resp;
+        }
         let body = match &self.error {
             None => Body::from(SUCCESS_BODY),
             Some(error) => Body::from(
@@ -525,12 +587,18 @@ enum Fault {
     TooMany,
     ServerError(StatusCode),
     LostReply,
+    Empty200,
     Hang(Duration),
 }
 
 fn roll_faults(f: &Faults) -> Fault {
     // Skip the rng entirely in the common no-fault case (benchmarks).
-    if f.too_many <= 0.0 && f.server_error <= 0.0 && f.lost_reply <= 0.0 && f.hang <= 0.0 {
+    if f.too_many <= 0.0
+        && f.server_error <= 0.0
+        && f.lost_reply <= 0.0
+        && f.empty_200 <= 0.0
+        && f.hang <= 0.0
+    {
         return Fault::None;
     }
     // `random::<f64>()` is in [0, 1): p >= 1 always fires, p <= 0 or NaN never,
@@ -549,6 +617,9 @@ fn roll_faults(f: &Faults) -> Fault {
     }
     if rng.random::<f64>() < f.lost_reply {
         return Fault::LostReply;
+    }
+    if rng.random::<f64>() < f.empty_200 {
+        return Fault::Empty200;
     }
     if rng.random::<f64>() < f.hang {
         return Fault::Hang(f.hang_for);
@@ -687,6 +758,12 @@ impl Inner {
             };
             return reply.with_body(kind, n);
         }
+        if let Some(answer) = {
+            let odd = lock(&self.odd);
+            ids.iter().find_map(|id| odd.get(id).copied())
+        } {
+            return self.odd_answer(account, kind, ids, answer);
+        }
         match roll_faults(&faults) {
             Fault::None => {}
             Fault::TooMany => return Reply::too_many(faults.retry_after_secs).with_body(kind, n),
@@ -698,10 +775,59 @@ impl Inner {
                 self.record_deletions(account, kind, ids);
                 return Reply::fail(StatusCode::BAD_GATEWAY, "Bad gateway").with_body(kind, n);
             }
+            Fault::Empty200 => {
+                return Reply::odd(StatusCode::OK, "", Vec::new()).with_body(kind, n);
+            }
             Fault::Hang(hang_for) => tokio::time::sleep(hang_for).await,
         }
         self.record_deletions(account, kind, ids);
         Reply::success(kind, n)
+    }
+
+    /// Answers a valid request that holds an id marked with `answer`.
+    fn odd_answer(
+        &self,
+        account: &Arc<str>,
+        kind: IdKind,
+        ids: Vec<String>,
+        answer: OddAnswer,
+    ) -> Reply {
+        let n = ids.len();
+        let json = "application/json";
+        let reply = match answer {
+            OddAnswer::Empty => Reply::odd(StatusCode::OK, json, Vec::new()),
+            OddAnswer::NoContent => Reply::odd(StatusCode::NO_CONTENT, "", Vec::new()),
+            OddAnswer::Html => Reply::odd(
+                StatusCode::OK,
+                "text/html",
+                b"<html><body><h1>Request accepted</h1></body></html>".to_vec(),
+            ),
+            OddAnswer::Partial => {
+                Reply::odd(StatusCode::OK, json, br#"{"status":"partial"}"#.to_vec())
+            }
+            OddAnswer::BomSuccess => {
+                self.record_deletions(account, kind, ids);
+                let mut body = "\u{feff}".as_bytes().to_vec();
+                body.extend_from_slice(SUCCESS_BODY.as_bytes());
+                Reply::odd(StatusCode::OK, json, body)
+            }
+            OddAnswer::Unprocessed => {
+                let (unprocessed, processed): (Vec<String>, Vec<String>) = {
+                    let odd = lock(&self.odd);
+                    ids.into_iter().partition(|id| odd.contains_key(id))
+                };
+                let body = serde_json::json!({
+                    "status": "success",
+                    "processed": processed.len(),
+                    "unprocessed": unprocessed,
+                })
+                .to_string()
+                .into_bytes();
+                self.record_deletions(account, kind, processed);
+                Reply::odd(StatusCode::OK, json, body)
+            }
+        };
+        reply.with_body(kind, n)
     }
 }
 
@@ -1011,6 +1137,88 @@ mod tests {
         let a = post(&client, &fake, serde_json::json!({"identity": "u"})).await;
         assert_eq!(a.status, 200);
         assert_eq!(fake.deleted_total(), 2);
+    }
+
+    #[tokio::test]
+    async fn odd_answers_for_marked_ids() {
+        let fake = start(FakeApiConfig::default()).await;
+        let client = reqwest::Client::new();
+        let raw = |body: Value| {
+            let client = client.clone();
+            let url = format!("{}{DELETE_PATH}", fake.endpoint());
+            async move {
+                let resp = client
+                    .post(url)
+                    .header("X-CleverTap-Account-Id", ACC)
+                    .header("X-CleverTap-Passcode", PASS)
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("send");
+                let status = resp.status().as_u16();
+                (status, resp.bytes().await.expect("body").to_vec())
+            }
+        };
+        for (id, answer) in [
+            ("e", OddAnswer::Empty),
+            ("n", OddAnswer::NoContent),
+            ("h", OddAnswer::Html),
+            ("p", OddAnswer::Partial),
+            ("b", OddAnswer::BomSuccess),
+            ("u", OddAnswer::Unprocessed),
+        ] {
+            fake.odd_ids([id.to_owned()], answer);
+        }
+        assert_eq!(
+            raw(serde_json::json!({"identity": ["ok", "e"]})).await,
+            (200, vec![])
+        );
+        assert_eq!(
+            raw(serde_json::json!({"identity": "n"})).await,
+            (204, vec![])
+        );
+        let (status, body) = raw(serde_json::json!({"identity": "h"})).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with(b"<html>"));
+        assert_eq!(
+            raw(serde_json::json!({"identity": "p"})).await,
+            (200, br#"{"status":"partial"}"#.to_vec())
+        );
+        assert!(fake.deletion_counts().is_empty(), "nothing deleted so far");
+        let (status, body) = raw(serde_json::json!({"identity": ["b", "ok"]})).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, b"\xef\xbb\xbf{\"status\":\"success\"}");
+        let (status, body) = raw(serde_json::json!({"identity": ["u", "ok2", "h"]})).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            serde_json::json!({"status": "success", "processed": 1, "unprocessed": ["u", "h"]})
+        );
+        let deleted: HashSet<String> = fake
+            .deletion_counts()
+            .into_keys()
+            .map(|(_, _, id)| id)
+            .collect();
+        assert_eq!(
+            deleted,
+            HashSet::from(["b".to_owned(), "ok".to_owned(), "ok2".to_owned()])
+        );
+        fake.clear_odd_ids();
+        assert_eq!(raw(serde_json::json!({"identity": "e"})).await.0, 200);
+        assert!(fake.violations().is_empty());
+
+        fake.set_faults(Faults {
+            empty_200: 1.0,
+            ..Faults::default()
+        });
+        assert_eq!(
+            raw(serde_json::json!({"identity": "x"})).await,
+            (200, vec![])
+        );
+        assert!(!fake
+            .deletion_counts()
+            .contains_key(&key(IdKind::Identity, "x")));
     }
 
     #[tokio::test]

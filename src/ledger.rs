@@ -64,6 +64,116 @@ impl Finish {
     }
 }
 
+/// What an audit record says happened to its ids (its `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStatus {
+    /// CleverTap answered success: the profiles are marked for deletion.
+    Deleted,
+    /// CleverTap refused the id; its events went to the dead-letter topic.
+    Rejected,
+    /// CleverTap's 2xx answers for the id never said success; its events
+    /// went to the dead-letter topic (reason `unconfirmed`).
+    Unconfirmed,
+    /// The ids were confirmed deleted shortly before (the recently-deleted
+    /// memory): these events finished without a request of their own.
+    AlreadyDeleted,
+}
+
+impl AuditStatus {
+    pub const ALL: [AuditStatus; 4] = [
+        AuditStatus::Deleted,
+        AuditStatus::Rejected,
+        AuditStatus::Unconfirmed,
+        AuditStatus::AlreadyDeleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Deleted => "deleted",
+            AuditStatus::Rejected => "rejected",
+            AuditStatus::Unconfirmed => "unconfirmed",
+            AuditStatus::AlreadyDeleted => "already_deleted",
+        }
+    }
+}
+
+/// An audit record to write before the events it names may finish (audit
+/// on): the pipeline writes it and reports back with [`Ledger::audited`].
+#[derive(Debug, Clone)]
+pub struct AuditDue {
+    pub region: RegionName,
+    pub kind: IdKind,
+    pub ids: Vec<Arc<str>>,
+    pub status: AuditStatus,
+    /// CleverTap's message for a rejection.
+    pub message: Option<String>,
+    /// Requests it took (set by the caller, who knows them).
+    pub attempts: u32,
+    /// The source records it covers, sorted, each once.
+    pub sources: Vec<(PartitionId, i64)>,
+    /// The events it covers, each once: hand them back to `audited`.
+    pub events: Vec<EventId>,
+}
+
+/// Merges the `already_deleted` records of one chunk of admissions (one per
+/// event as admitted) into few records: one per region and id kind, at most
+/// `max_ids` distinct ids each. Other records pass unchanged.
+pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<AuditDue> {
+    let mut out: Vec<AuditDue> = Vec::with_capacity(audits.len());
+    let mut open: Vec<usize> = Vec::new();
+    for a in audits {
+        if a.status != AuditStatus::AlreadyDeleted {
+            out.push(a);
+            continue;
+        }
+        let fits = open.iter().copied().find(|&i| {
+            let o = &out[i];
+            let new_ids = a.ids.iter().filter(|id| !o.ids.contains(id)).count();
+            o.region == a.region && o.kind == a.kind && o.ids.len() + new_ids <= max_ids
+        });
+        match fits {
+            Some(i) => {
+                let o = &mut out[i];
+                for id in a.ids {
+                    if !o.ids.contains(&id) {
+                        o.ids.push(id);
+                    }
+                }
+                o.sources.extend(a.sources);
+                o.events.extend(a.events);
+            }
+            None => {
+                open.push(out.len());
+                out.push(a);
+            }
+        }
+    }
+    for &i in &open {
+        out[i].sources.sort();
+        out[i].sources.dedup();
+    }
+    out
+}
+
+/// One owned partition as the status view shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset the group coordinator last confirmed for this member.
+    pub committed: Option<i64>,
+    /// One past the last offset read.
+    pub read_up_to: Option<i64>,
+    /// What the next commit will carry: the oldest unfinished offset.
+    pub committable: Option<i64>,
+    /// Offsets read but held back behind the oldest unfinished event.
+    pub held_back: i64,
+    pub unfinished: usize,
+    pub oldest_unfinished_offset: Option<i64>,
+    pub oldest_unfinished_age_secs: Option<f64>,
+}
+
 /// An instruction to write one event to the dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct DeadLetterOrder {
@@ -88,6 +198,8 @@ pub struct Progress {
     /// Records read before by this process (a rebalance gave their
     /// partition back, or the consumer re-read them): duplicate deliveries.
     pub redelivered: u64,
+    /// Audit on: records to write before the events they name finish.
+    pub audits: Vec<AuditDue>,
 }
 
 #[derive(Debug)]
@@ -99,6 +211,8 @@ struct PendingEvent {
     record: RawRecord,
     rejection: Option<Rejection>,
     admitted: Instant,
+    /// Audit records naming this event not yet acknowledged (audit on).
+    audit_holds: u32,
 }
 
 pub struct LedgerSettings {
@@ -106,6 +220,9 @@ pub struct LedgerSettings {
     pub linger: Duration,
     pub recent_capacity: usize,
     pub recent_ttl: Duration,
+    /// Audit records are on: no event that asked for a deletion finishes
+    /// before an acknowledged audit record names it.
+    pub audit: bool,
 }
 
 pub struct Ledger {
@@ -118,6 +235,7 @@ pub struct Ledger {
     batcher: RegionBatcher,
     /// Highest offset admitted per partition in this process; survives revokes.
     highest_seen: HashMap<PartitionId, i64>,
+    audit: bool,
 }
 
 impl Ledger {
@@ -129,6 +247,7 @@ impl Ledger {
             offsets: OffsetTracker::new(),
             batcher: RegionBatcher::new(s.capacity, s.linger),
             highest_seen: HashMap::default(),
+            audit: s.audit,
         }
     }
 
@@ -184,6 +303,7 @@ impl Ledger {
         let event = self.insert(partition, offset, record, now);
         let mut remaining = 0;
         let mut requested = false;
+        let mut already: Vec<(IdKind, Arc<str>)> = Vec::new();
         for (kind, id) in request.ids {
             let key = DeletionKey {
                 region: request.region.clone(),
@@ -192,7 +312,11 @@ impl Ledger {
             };
             match self.deletions.admit(&key, event, now) {
                 Admission::Joined => remaining += 1,
-                Admission::AlreadyDeleted => {}
+                Admission::AlreadyDeleted => {
+                    if self.audit {
+                        already.push((kind, key.id));
+                    }
+                }
                 Admission::Requested => {
                     if let Some(full) = self.batcher.push(&key.region, kind, key.id, now) {
                         progress.batches.push(full);
@@ -205,7 +329,30 @@ impl Ledger {
         let pending = self.events.get_mut(&event).expect("just inserted");
         pending.remaining = remaining;
         pending.requested_deletion = requested;
-        if remaining == 0 {
+        // Audit on: ids found in the recently-deleted memory are named in an
+        // `already_deleted` record (one per id kind) before the event finishes.
+        for kind in IdKind::ALL {
+            let ids: Vec<Arc<str>> = already
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| id.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            pending.audit_holds += 1;
+            progress.audits.push(AuditDue {
+                region: request.region.clone(),
+                kind,
+                ids,
+                status: AuditStatus::AlreadyDeleted,
+                message: None,
+                attempts: 0,
+                sources: vec![(partition.clone(), offset)],
+                events: vec![event],
+            });
+        }
+        if remaining == 0 && pending.audit_holds == 0 {
             self.finish(event, Finish::Deduplicated, progress);
         }
     }
@@ -229,22 +376,85 @@ impl Ledger {
                 record,
                 rejection: None,
                 admitted: now,
+                audit_holds: 0,
             },
         );
         id
     }
 
-    /// CleverTap answered success for every id of `batch`.
+    /// CleverTap answered success for every id of `batch`. Audit on: the
+    /// events waiting on it finish only once the audit record in
+    /// `progress.audits` is acknowledged; repeats admitted meanwhile find the
+    /// ids confirmed and are named in records of their own.
     pub fn deleted(&mut self, batch: &DeleteBatch, now: Instant) -> Progress {
         let mut progress = Progress::default();
+        let mut waiting: Vec<EventId> = Vec::new();
         for id in batch.ids() {
             let key = DeletionKey {
                 region: batch.region().clone(),
                 kind: batch.kind(),
                 id: id.clone(),
             };
-            for event in self.deletions.confirm(key, now) {
-                self.resolve_one(event, None, &mut progress);
+            waiting.extend(self.deletions.confirm(key, now));
+        }
+        let audit = self.audit.then(|| AuditDue {
+            region: batch.region().clone(),
+            kind: batch.kind(),
+            ids: batch.ids().to_vec(),
+            status: AuditStatus::Deleted,
+            message: None,
+            attempts: 0,
+            sources: Vec::new(),
+            events: Vec::new(),
+        });
+        self.resolve_all(waiting, None, audit, &mut progress);
+        progress
+    }
+
+    /// Resolves one deletion for each of `waiting` (an event appears once per
+    /// id it waited on). With `audit`, each live event is named in it and
+    /// held until [`Ledger::audited`] releases it.
+    fn resolve_all(
+        &mut self,
+        waiting: Vec<EventId>,
+        rejection: Option<Rejection>,
+        audit: Option<AuditDue>,
+        progress: &mut Progress,
+    ) {
+        let Some(mut audit) = audit else {
+            for event in waiting {
+                self.resolve_one(event, rejection.clone(), progress);
+            }
+            return;
+        };
+        for &event in &waiting {
+            if let Some(e) = self.events.get_mut(&event) {
+                if !audit.events.contains(&event) {
+                    e.audit_holds += 1;
+                    audit.events.push(event);
+                    audit.sources.push((e.partition.clone(), e.offset));
+                }
+            }
+        }
+        for event in waiting {
+            self.resolve_one(event, rejection.clone(), progress);
+        }
+        audit.sources.sort();
+        progress.audits.push(audit);
+    }
+
+    /// The audit record naming `events` was acknowledged: events with nothing
+    /// else to wait for finish (or go to the dead-letter topic).
+    pub fn audited(&mut self, events: &[EventId]) -> Progress {
+        let mut progress = Progress::default();
+        for &event in events {
+            let Some(e) = self.events.get_mut(&event) else {
+                progress.late_acks += 1;
+                continue;
+            };
+            e.audit_holds = e.audit_holds.saturating_sub(1);
+            if e.remaining == 0 && e.audit_holds == 0 {
+                self.settle_done(event, &mut progress);
             }
         }
         progress
@@ -276,12 +486,15 @@ impl Ledger {
         sources
     }
 
-    /// CleverTap rejected this one id (400 on a single-id request).
+    /// The dispatcher gave up on this one id: CleverTap rejected it (400 on
+    /// a single-id request, `ApiRejected`) or never confirmed its deletion
+    /// (`Unconfirmed`). Its events are dead-lettered with `reason`.
     pub fn rejected(
         &mut self,
         region: &RegionName,
         kind: IdKind,
         id: &Arc<str>,
+        reason: DeadLetterReason,
         message: &str,
     ) -> Progress {
         let mut progress = Progress::default();
@@ -290,13 +503,30 @@ impl Ledger {
             kind,
             id: id.clone(),
         };
-        let rejection = Rejection {
-            reason: DeadLetterReason::ApiRejected,
-            detail: format!("CleverTap rejected this {kind}: {message}"),
+        let detail = match reason {
+            DeadLetterReason::ApiRejected => format!("CleverTap rejected this {kind}: {message}"),
+            DeadLetterReason::Unconfirmed => {
+                format!("CleverTap did not confirm the deletion of this {kind}: {message}")
+            }
+            _ => message.to_string(),
         };
-        for event in self.deletions.reject(&key) {
-            self.resolve_one(event, Some(rejection.clone()), &mut progress);
-        }
+        let rejection = Rejection { reason, detail };
+        let waiting: Vec<EventId> = self.deletions.reject(&key).into_iter().collect();
+        let audit = self.audit.then(|| AuditDue {
+            region: region.clone(),
+            kind,
+            ids: vec![id.clone()],
+            status: if reason == DeadLetterReason::Unconfirmed {
+                AuditStatus::Unconfirmed
+            } else {
+                AuditStatus::Rejected
+            },
+            message: Some(message.to_string()),
+            attempts: 0,
+            sources: Vec::new(),
+            events: Vec::new(),
+        });
+        self.resolve_all(waiting, Some(rejection), audit, &mut progress);
         progress
     }
 
@@ -326,9 +556,18 @@ impl Ledger {
         if rejection.is_some() && pending.rejection.is_none() {
             pending.rejection = rejection;
         }
-        if pending.remaining > 0 {
+        if pending.remaining > 0 || pending.audit_holds > 0 {
             return;
         }
+        self.settle_done(event, progress);
+    }
+
+    /// An event with no deletion and no audit record left to wait for:
+    /// finished, or to the dead-letter topic if one of its ids was refused.
+    fn settle_done(&mut self, event: EventId, progress: &mut Progress) {
+        let Some(pending) = self.events.get(&event) else {
+            return;
+        };
         if pending.rejection.is_some() {
             self.dead_letter_if_done(event, progress);
         } else {
@@ -345,7 +584,7 @@ impl Ledger {
         let Some(pending) = self.events.get_mut(&event) else {
             return;
         };
-        if pending.remaining > 0 {
+        if pending.remaining > 0 || pending.audit_holds > 0 {
             return;
         }
         let Some(rejection) = pending.rejection.clone() else {
@@ -416,9 +655,20 @@ impl Ledger {
         partitions.iter().map(|p| self.offsets.unfinished(p)).sum()
     }
 
-    /// Watermarks that moved since the last call.
+    /// Watermarks to commit: moved, or not confirmed yet; see
+    /// [`OffsetTracker::take_commits`].
     pub fn take_commits(&mut self) -> Vec<(PartitionId, i64)> {
         self.offsets.take_commits()
+    }
+
+    /// The group coordinator's answer to a commit.
+    pub fn commit_result(&mut self, partition: &PartitionId, offset: i64, ok: bool) {
+        self.offsets.commit_result(partition, offset, ok);
+    }
+
+    /// Per owned partition, the offsets read but held back from the commit.
+    pub fn held_back(&self) -> impl Iterator<Item = (&PartitionId, i64)> {
+        self.offsets.held_back()
     }
 
     /// Current watermarks of every owned partition.
@@ -431,6 +681,42 @@ impl Ledger {
     /// Events held in memory, unfinished.
     pub fn events_in_memory(&self) -> usize {
         self.events.len()
+    }
+
+    /// Per owned partition, what the status view shows, sorted.
+    pub fn partition_views(&self, now: Instant) -> Vec<PartitionView> {
+        let mut oldest: HashMap<&PartitionId, (i64, Instant)> = HashMap::default();
+        for e in self.events.values() {
+            let slot = oldest.entry(&e.partition).or_insert((e.offset, e.admitted));
+            if e.offset < slot.0 {
+                *slot = (e.offset, e.admitted);
+            }
+        }
+        let mut views: Vec<PartitionView> = self
+            .offsets
+            .partitions()
+            .filter_map(|p| {
+                let (committed, next, committable, unfinished) = self.offsets.view(p)?;
+                let oldest = oldest.get(p);
+                Some(PartitionView {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    committed,
+                    read_up_to: next,
+                    committable,
+                    held_back: match (committable, next) {
+                        (Some(c), Some(n)) => n - c,
+                        _ => 0,
+                    },
+                    unfinished,
+                    oldest_unfinished_offset: oldest.map(|o| o.0),
+                    oldest_unfinished_age_secs: oldest
+                        .map(|o| now.saturating_duration_since(o.1).as_secs_f64()),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        views
     }
 
     /// When the oldest unfinished event entered the pipeline.
@@ -448,12 +734,22 @@ mod tests {
     use super::*;
     use crate::decode::DeletionRequest;
 
+    /// Takes the commits and confirms them, as a successful commit would.
+    fn commit(l: &mut Ledger) -> Vec<(PartitionId, i64)> {
+        let marks = l.take_commits();
+        for (p, o) in &marks {
+            l.commit_result(p, *o, true);
+        }
+        marks
+    }
+
     fn ledger(cap: usize) -> Ledger {
         Ledger::new(LedgerSettings {
             capacity: BatchCapacity::new(cap).unwrap(),
             linger: Duration::from_millis(100),
             recent_capacity: 1000,
             recent_ttl: Duration::from_secs(60),
+            audit: false,
         })
     }
 
@@ -485,9 +781,9 @@ mod tests {
         let guid = batches.iter().find(|b| b.kind() == G).unwrap();
         let ident = batches.iter().find(|b| b.kind() == I).unwrap();
         assert!(l.deleted(guid, now).finished.is_empty());
-        assert_eq!(l.take_commits(), vec![(p.clone(), 0)]);
+        assert_eq!(commit(&mut l), vec![(p.clone(), 0)]);
         assert_eq!(l.deleted(ident, now).finished, vec![Finish::Deleted]);
-        assert_eq!(l.take_commits(), vec![(p, 1)]);
+        assert_eq!(commit(&mut l), vec![(p, 1)]);
         assert_eq!(l.events_in_memory(), 0);
         assert_eq!(l.deletions_pending(), 0);
     }
@@ -525,7 +821,13 @@ mod tests {
         // Revoked before success: a redelivery must send it again once the
         // first request is gone.
         l.revoke(std::slice::from_ref(&p));
-        let rejected = l.rejected(&RegionName::new("eu1"), G, &b[0].ids()[0], "bad");
+        let rejected = l.rejected(
+            &RegionName::new("eu1"),
+            G,
+            &b[0].ids()[0],
+            DeadLetterReason::ApiRejected,
+            "bad",
+        );
         assert!(
             rejected.dead_letters.is_empty(),
             "revoked events are not dead-lettered"
@@ -622,6 +924,7 @@ mod tests {
             &RegionName::new("eu1"),
             G,
             &Arc::from("bad"),
+            DeadLetterReason::ApiRejected,
             "Invalid guid",
         );
         assert_eq!(pr.dead_letters.len(), 1, "event 1 has nothing else pending");
@@ -635,7 +938,7 @@ mod tests {
         assert!(order.rejection.detail.contains("Invalid guid"));
         assert_eq!(order.record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(
-            l.take_commits(),
+            commit(&mut l),
             vec![(p.clone(), 0)],
             "not finished until the DLQ acks"
         );
@@ -643,7 +946,7 @@ mod tests {
             l.dead_lettered(order.event).finished,
             vec![Finish::DeadLettered]
         );
-        assert_eq!(l.take_commits(), vec![(p.clone(), 1)]);
+        assert_eq!(commit(&mut l), vec![(p.clone(), 1)]);
         assert!(
             l.dead_lettered(order.event).finished.is_empty(),
             "acked once only"
@@ -671,9 +974,9 @@ mod tests {
             now,
         );
         assert_eq!(pr.dead_letters.len(), 1);
-        assert_eq!(l.take_commits(), vec![(p.clone(), 1)]);
+        assert_eq!(commit(&mut l), vec![(p.clone(), 1)]);
         l.dead_lettered(pr.dead_letters[0].event);
-        assert_eq!(l.take_commits(), vec![(p, 2)]);
+        assert_eq!(commit(&mut l), vec![(p, 2)]);
     }
 
     #[test]

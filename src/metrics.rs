@@ -13,6 +13,32 @@ use crate::ledger::Finish;
 
 const PREFIX: &str = "clevertap_deleter";
 
+/// HTTP statuses that get their own `status` label value in
+/// `api_requests_total`: the answers the contract documents, and the usual
+/// proxy and gateway ones.
+pub const API_STATUS_CODES: [u16; 12] =
+    [200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504];
+
+/// The `status` label of `api_requests_total` for an HTTP status: the code
+/// itself when it is one of [`API_STATUS_CODES`], else its class
+/// (`2xx_other` .. `5xx_other`), else `other`. A misbehaving endpoint cannot
+/// create more than these 17 series per region (with the transport errors).
+pub fn api_status_label(status: u16) -> &'static str {
+    const LABELS: [&str; 12] = [
+        "200", "204", "400", "401", "403", "404", "408", "429", "500", "502", "503", "504",
+    ];
+    if let Some(i) = API_STATUS_CODES.iter().position(|c| *c == status) {
+        return LABELS[i];
+    }
+    match status {
+        200..=299 => "2xx_other",
+        300..=399 => "3xx_other",
+        400..=499 => "4xx_other",
+        500..=599 => "5xx_other",
+        _ => "other",
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -40,7 +66,15 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub audit_records: IntCounterVec,
     pub redelivered_events: IntCounter,
+    pub offsets_held_back: IntGaugeVec,
+    pub kafka_write_failures: IntCounterVec,
+    pub kafka_writes_held: IntGaugeVec,
+    pub dead_letters_truncated: IntCounter,
+    pub records_lost: IntCounterVec,
 }
+
+/// The writers of `kafka_write_failures_total` and `kafka_writes_held`.
+pub const KAFKA_WRITERS: [&str; 2] = ["dead_letter", "audit"];
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(PREFIX)
@@ -83,7 +117,7 @@ impl Metrics {
             )),
             api_requests: reg!(counter_vec(
                 "api_requests_total",
-                "Delete User Profile requests by region and HTTP status (or timeout, connect_error, transport_error).",
+                "Delete User Profile requests by region and HTTP status (200, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, else 2xx_other..5xx_other or other; or timeout, connect_error, transport_error).",
                 &["region", "status"]
             )),
             api_request_duration: reg!(HistogramVec::new(
@@ -188,7 +222,7 @@ impl Metrics {
             )),
             audit_records: reg!(counter_vec(
                 "audit_records_total",
-                "Audit records acknowledged by the broker, by status (deleted, rejected).",
+                "Audit records acknowledged by the broker, by status (deleted, rejected, unconfirmed, already_deleted).",
                 &["status"]
             )),
             redelivered_events: reg!(IntCounter::with_opts(opts(
@@ -196,6 +230,31 @@ impl Metrics {
                 "Records this process read a second time (after a rebalance gave the partition back): duplicate deliveries."
             ))
             .expect("valid metric")),
+            offsets_held_back: reg!(gauge_vec(
+                "offsets_held_back",
+                "Offsets read but not committable per partition: how far reading ran ahead of the oldest unfinished event (0 when all finished).",
+                &["topic", "partition"]
+            )),
+            kafka_write_failures: reg!(counter_vec(
+                "kafka_write_failures_total",
+                "Failed dead-letter and audit writes, by writer and reason (too_large, unknown_topic, authorization, invalid_record, transient).",
+                &["writer", "reason"]
+            )),
+            kafka_writes_held: reg!(gauge_vec(
+                "kafka_writes_held",
+                "Dead-letter or audit records waiting on an error that needs an operator (missing topic, no authorization): their partitions do not commit.",
+                &["writer"]
+            )),
+            dead_letters_truncated: reg!(IntCounter::with_opts(opts(
+                "dead_letters_truncated_total",
+                "Dead letters written as a truncated copy because the whole record was larger than the broker accepts."
+            ))
+            .expect("valid metric")),
+            records_lost: reg!(counter_vec(
+                "records_lost_total",
+                "Records removed by retention (or DeleteRecords) before this group read them: deletions lost for good.",
+                &["topic", "partition"]
+            )),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
@@ -221,11 +280,18 @@ impl Metrics {
         for r in ["success", "failure"] {
             self.commits.with_label_values(&[r]);
         }
-        for s in ["deleted", "rejected"] {
-            self.audit_records.with_label_values(&[s]);
+        for s in crate::ledger::AuditStatus::ALL {
+            self.audit_records.with_label_values(&[s.as_str()]);
         }
         for k in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[k]);
+        }
+        for w in KAFKA_WRITERS {
+            self.kafka_writes_held.with_label_values(&[w]).set(0);
+            for r in crate::produce::WriteFailure::ALL {
+                self.kafka_write_failures
+                    .with_label_values(&[w, r.as_str()]);
+            }
         }
     }
 
@@ -274,5 +340,19 @@ mod tests {
             text.contains("clevertap_deleter_ids_deleted_total{kind=\"guid\",region=\"eu1\"} 0")
         );
         assert!(text.contains("clevertap_deleter_build_info{version="));
+    }
+
+    #[test]
+    fn api_status_labels_are_a_bounded_set() {
+        for code in API_STATUS_CODES {
+            assert_eq!(api_status_label(code), code.to_string());
+        }
+        assert_eq!(api_status_label(201), "2xx_other");
+        assert_eq!(api_status_label(302), "3xx_other");
+        assert_eq!(api_status_label(413), "4xx_other");
+        assert_eq!(api_status_label(599), "5xx_other");
+        let labels: std::collections::HashSet<&str> =
+            (0..=u16::MAX).map(api_status_label).collect();
+        assert_eq!(labels.len(), API_STATUS_CODES.len() + 5, "{labels:?}");
     }
 }

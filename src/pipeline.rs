@@ -8,22 +8,28 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use std::collections::HashMap;
 
 use crate::api::DeleteApi;
-use crate::audit::{build_record, AuditInput, AuditStatus, AuditWriter};
+use crate::audit::{build_records, AuditInput, AuditWriter};
 use crate::backoff::Backoff;
+use crate::batch::API_MAX_IDS;
 use crate::config::Config;
 use crate::dead_letter::DeadLetterWriter;
+use crate::dead_letter::DeadLettered;
 use crate::decode::{DeadLetterReason, EventDecoder};
 use crate::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
 use crate::health::Health;
 use crate::ids::RegionName;
-use crate::ledger::{EventId, Finish, Ledger, LedgerSettings, Progress};
+use crate::ledger::{
+    merge_already_deleted, AuditDue, AuditStatus, EventId, Finish, Ledger, LedgerSettings, Progress,
+};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
-use crate::produce::{BrokerWatch, RecordProducer};
+use crate::produce::{BrokerWatch, KafkaWriter, RecordProducer};
+use crate::revokes::{DueRevoke, PendingRevoke, RevokeQueue};
 use crate::source::{self, SourceCommand, SourceEvent, SourceSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,11 +126,19 @@ pub async fn run(
     let producer: RecordProducer = producer_config(&config)
         .create_with_context(BrokerWatch::new(health.clone()))
         .map_err(PipelineError::KafkaConfig)?;
-    let dead_letters = DeadLetterWriter::new(producer.clone(), s.kafka.dlq_topic.clone());
+    let dead_letters = DeadLetterWriter::new(
+        KafkaWriter::new(
+            producer.clone(),
+            "dead_letter",
+            metrics.clone(),
+            health.clone(),
+        ),
+        s.kafka.dlq_topic.clone(),
+    );
     // A dry run writes nothing to Kafka, audit records included.
     let audit = match (&config.audit, s.api.dry_run) {
         (Some((topic, disclosure)), false) => Some(AuditWriter::new(
-            producer,
+            KafkaWriter::new(producer, "audit", metrics.clone(), health.clone()),
             topic.clone(),
             disclosure.clone(),
         )),
@@ -146,6 +160,7 @@ pub async fn run(
                 max: Duration::from_millis(s.api.retry_max_ms),
             },
             auth_retry: Duration::from_millis(s.api.auth_retry_ms),
+            unconfirmed_retries: s.api.unconfirmed_retries,
             log_ids: s.log.log_ids,
         },
         metrics.clone(),
@@ -176,6 +191,7 @@ pub async fn run(
         linger: Duration::from_millis(s.batch.linger_ms),
         recent_capacity: s.dedup.recent_capacity,
         recent_ttl: Duration::from_secs(s.dedup.recent_ttl_secs),
+        audit: config.audit.is_some() && !s.api.dry_run,
     });
     let max_events = s.pipeline.max_events_in_memory;
     let finished_counters =
@@ -196,10 +212,14 @@ pub async fn run(
         intake_held,
         pause_at: max_events,
         resume_at: max_events / 2,
-        revoking: None,
+        revoking: RevokeQueue::default(),
+        ownership: HashMap::new(),
+        stopped: CancellationToken::new(),
+        held_back_labelled: Vec::new(),
         drain_timeout,
         dry_run: s.api.dry_run,
     };
+    let views = health.status_link().connect();
     let outcome = coordinator
         .run_loop(
             Inputs {
@@ -207,6 +227,7 @@ pub async fn run(
                 reports,
                 acks,
                 audited,
+                views,
             },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),
@@ -214,6 +235,9 @@ pub async fn run(
         )
         .await;
 
+    // Writes still retrying (a missing dead-letter topic, say) end here:
+    // their events are not committed and will be redone.
+    coordinator.stopped.cancel();
     // Final synchronous commit of what finished, then leave the group.
     let committed = if coordinator.dry_run {
         Vec::new()
@@ -244,21 +268,15 @@ pub async fn run(
     })
 }
 
-struct PendingRevoke {
-    partitions: Vec<PartitionId>,
-    reply: std::sync::mpsc::SyncSender<Vec<(PartitionId, i64)>>,
-    deadline: Instant,
-}
-
 struct Coordinator {
     ledger: Ledger,
     dispatcher: Dispatcher,
     dead_letters: DeadLetterWriter,
-    acks_tx: mpsc::UnboundedSender<(EventId, DeadLetterReason)>,
+    acks_tx: mpsc::UnboundedSender<DeadLetterAck>,
     /// Set when audit records are on: a report is settled only once its
     /// audit record is acknowledged, so no offset is committed before it.
     audit: Option<AuditWriter>,
-    audited_tx: mpsc::UnboundedSender<DispatchReport>,
+    audited_tx: mpsc::UnboundedSender<AuditAck>,
     accounts: HashMap<RegionName, String>,
     commands: std::sync::mpsc::Sender<SourceCommand>,
     metrics: Metrics,
@@ -270,11 +288,31 @@ struct Coordinator {
     intake_held: Arc<std::sync::atomic::AtomicBool>,
     pause_at: usize,
     resume_at: usize,
-    revoking: Option<PendingRevoke>,
+    revoking: RevokeQueue,
+    /// One token per owned partition, cancelled when its ownership ends; all
+    /// are children of `stopped`, cancelled when the pipeline returns.
+    ownership: HashMap<PartitionId, CancellationToken>,
+    stopped: CancellationToken,
+    /// Partitions with an `offsets_held_back` series.
+    held_back_labelled: Vec<PartitionId>,
     drain_timeout: Duration,
     /// Dry run: no offset is committed and nothing is written to the
     /// dead-letter topic, so a later real run redoes everything.
     dry_run: bool,
+}
+
+/// The audit topic acknowledged every record of one request.
+struct AuditAck {
+    events: Vec<EventId>,
+    status: AuditStatus,
+    records: u64,
+}
+
+/// The dead-letter topic acknowledged an event's record.
+struct DeadLetterAck {
+    event: EventId,
+    reason: DeadLetterReason,
+    how: DeadLettered,
 }
 
 /// Everything the coordinator receives: records from the source, dispatch
@@ -282,8 +320,10 @@ struct Coordinator {
 struct Inputs {
     events: mpsc::Receiver<SourceEvent>,
     reports: mpsc::UnboundedReceiver<DispatchReport>,
-    acks: mpsc::UnboundedReceiver<(EventId, DeadLetterReason)>,
-    audited: mpsc::UnboundedReceiver<DispatchReport>,
+    acks: mpsc::UnboundedReceiver<DeadLetterAck>,
+    audited: mpsc::UnboundedReceiver<AuditAck>,
+    /// Status requests from the HTTP server.
+    views: mpsc::Receiver<crate::status::ViewRequest>,
 }
 
 impl Coordinator {
@@ -299,6 +339,7 @@ impl Coordinator {
             mut reports,
             mut acks,
             mut audited,
+            mut views,
         } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
@@ -307,7 +348,7 @@ impl Coordinator {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             let batch_deadline = self.ledger.next_batch_deadline();
-            let revoke_deadline = self.revoking.as_ref().map(|r| r.deadline);
+            let revoke_deadline = self.revoking.next_deadline();
             tokio::select! {
                 biased;
                 _ = &mut shutdown, if stop_deadline.is_none() => {
@@ -320,18 +361,21 @@ impl Coordinator {
                     }
                 }
                 Some(report) = reports.recv() => self.on_report(report),
-                Some(report) = audited.recv() => {
-                    let status = match report {
-                        DispatchReport::Deleted { .. } => "deleted",
-                        DispatchReport::Rejected { .. } => "rejected",
-                    };
-                    self.metrics.audit_records.with_label_values(&[status]).inc();
-                    self.settle(report);
+                Some(ack) = audited.recv() => {
+                    self.metrics
+                        .audit_records
+                        .with_label_values(&[ack.status.as_str()])
+                        .inc_by(ack.records);
+                    let progress = self.ledger.audited(&ack.events);
+                    self.apply(progress);
                 }
-                Some((event, reason)) = acks.recv() => {
-                    let progress = self.ledger.dead_lettered(event);
+                Some(ack) = acks.recv() => {
+                    let progress = self.ledger.dead_lettered(ack.event);
                     if !progress.finished.is_empty() {
-                        self.metrics.dead_letters.with_label_values(&[reason.as_str()]).inc();
+                        self.metrics.dead_letters.with_label_values(&[ack.reason.as_str()]).inc();
+                        if ack.how == DeadLettered::Truncated {
+                            self.metrics.dead_letters_truncated.inc();
+                        }
                     }
                     self.apply(progress);
                 }
@@ -348,6 +392,14 @@ impl Coordinator {
                 }
                 _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
+                Some(reply) = views.recv() => {
+                    let _ = reply.send(crate::status::PipelineView {
+                        events_in_memory: self.ledger.events_in_memory(),
+                        consumer_paused: self.paused,
+                        partitions: self.ledger.partition_views(Instant::now()),
+                        regions: self.dispatcher.region_views(),
+                    });
+                }
                 _ = commit_tick.tick() => {
                     self.commit();
                     self.update_gauges();
@@ -371,65 +423,71 @@ impl Coordinator {
         }
     }
 
-    /// A deletion request finished: audit it first when audit is on.
+    /// A deletion request finished. With audit on, the events it covers
+    /// finish once its audit record is acknowledged (see `apply`).
     fn on_report(&mut self, report: DispatchReport) {
-        let Some(writer) = self.audit.clone() else {
-            self.settle(report);
-            return;
-        };
-        let input = match &report {
-            DispatchReport::Deleted { batch, attempts } => AuditInput {
-                region: batch.region(),
-                account_id: self.accounts.get(batch.region()).map_or("", String::as_str),
-                kind: batch.kind(),
-                ids: batch.ids(),
-                status: AuditStatus::Deleted,
-                message: None,
-                attempts: *attempts,
-                sources: self
-                    .ledger
-                    .sources_of(batch.region(), batch.kind(), batch.ids()),
-            },
+        let (mut progress, attempts) = match report {
+            DispatchReport::Deleted { batch, attempts } => {
+                (self.ledger.deleted(&batch, Instant::now()), attempts)
+            }
             DispatchReport::Rejected {
                 region,
                 kind,
                 id,
+                reason,
                 message,
                 attempts,
-            } => AuditInput {
-                region,
-                account_id: self.accounts.get(region).map_or("", String::as_str),
-                kind: *kind,
-                ids: std::slice::from_ref(id),
-                status: AuditStatus::Rejected,
-                message: Some(message),
-                attempts: *attempts,
-                sources: self
-                    .ledger
-                    .sources_of(region, *kind, std::slice::from_ref(id)),
-            },
+            } => (
+                self.ledger.rejected(&region, kind, &id, reason, &message),
+                attempts,
+            ),
         };
-        let record = build_record(input, &writer.disclosure, SystemTime::now());
-        let audited = self.audited_tx.clone();
-        tokio::spawn(async move {
-            writer.write(&record).await;
-            let _ = audited.send(report);
-        });
+        for audit in &mut progress.audits {
+            audit.attempts = attempts;
+        }
+        self.apply(progress);
     }
 
-    /// Applies a finished deletion request to the ledger.
-    fn settle(&mut self, report: DispatchReport) {
-        let progress = match report {
-            DispatchReport::Deleted { batch, .. } => self.ledger.deleted(&batch, Instant::now()),
-            DispatchReport::Rejected {
-                region,
-                kind,
-                id,
-                message,
-                ..
-            } => self.ledger.rejected(&region, kind, &id, &message),
+    /// Writes the audit records of `audits`; each acknowledgement releases
+    /// the events it names.
+    fn write_audits(&mut self, audits: Vec<AuditDue>) {
+        let Some(writer) = self.audit.clone() else {
+            // Audit off: the ledger asks for none (a dry run included).
+            return;
         };
-        self.apply(progress);
+        let now = SystemTime::now();
+        for due in merge_already_deleted(audits, API_MAX_IDS) {
+            let records = build_records(
+                AuditInput {
+                    region: &due.region,
+                    account_id: self.accounts.get(&due.region).map_or("", String::as_str),
+                    kind: due.kind,
+                    ids: &due.ids,
+                    status: due.status,
+                    message: due.message.as_deref(),
+                    attempts: due.attempts,
+                    sources: due.sources,
+                },
+                &writer.disclosure,
+                now,
+            );
+            let writer = writer.clone();
+            let audited = self.audited_tx.clone();
+            let cancel = self.stopped.clone();
+            let (events, status) = (due.events, due.status);
+            tokio::spawn(async move {
+                for record in &records {
+                    if !writer.write(record, &cancel).await {
+                        return;
+                    }
+                }
+                let _ = audited.send(AuditAck {
+                    events,
+                    status,
+                    records: records.len() as u64,
+                });
+            });
+        }
     }
 
     fn on_source(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
@@ -454,21 +512,48 @@ impl Coordinator {
                 }
                 self.apply(progress);
             }
-            SourceEvent::Assigned(partitions) => {
+            SourceEvent::Assigned {
+                partitions,
+                generation,
+            } => {
+                // A partition given back while its old revoke was still
+                // draining: the consumer gave up on that revoke, so the old
+                // ownership's events are forgotten before the new one starts.
+                if let Some(stale) = self.revoking.superseded_by(generation, &partitions) {
+                    tracing::warn!(
+                        count = stale.partitions.len(),
+                        generation,
+                        "partitions assigned again before their revoke finished; their old events are left to be read again"
+                    );
+                    self.answer_revoke(stale);
+                }
                 for p in partitions {
+                    self.ownership
+                        .entry(p.clone())
+                        .or_insert_with(|| self.stopped.child_token());
                     self.ledger.assign(p);
                 }
             }
-            SourceEvent::Revoked { partitions, reply } => {
+            SourceEvent::Revoked {
+                partitions,
+                generation,
+                reply,
+            } => {
                 // Close every open batch so the revoked events can finish.
                 for batch in self.ledger.take_all_batches() {
                     self.dispatcher.dispatch(batch);
                 }
-                self.revoking = Some(PendingRevoke {
+                self.revoking.push(PendingRevoke {
+                    generation,
                     partitions,
                     reply,
                     deadline: Instant::now() + self.drain_timeout,
                 });
+            }
+            SourceEvent::Committed { marks, ok } => {
+                for (p, offset) in &marks {
+                    self.ledger.commit_result(p, *offset, ok);
+                }
             }
             SourceEvent::Fatal(reason) => return Err(PipelineError::Fatal(reason)),
         }
@@ -494,6 +579,9 @@ impl Coordinator {
                 h.observe((now_ms - ts).max(0) as f64 / 1000.0);
             }
         }
+        if !progress.audits.is_empty() {
+            self.write_audits(progress.audits);
+        }
         for order in progress.dead_letters {
             if self.dry_run {
                 tracing::info!(
@@ -502,35 +590,70 @@ impl Coordinator {
                     offset = order.offset,
                     "dry run: would dead-letter"
                 );
-                let _ = self.acks_tx.send((order.event, order.rejection.reason));
+                let _ = self.acks_tx.send(DeadLetterAck {
+                    event: order.event,
+                    reason: order.rejection.reason,
+                    how: DeadLettered::Whole,
+                });
                 continue;
             }
             let writer = self.dead_letters.clone();
             let acks = self.acks_tx.clone();
+            // Ends with the partition's ownership: a write held by a missing
+            // topic must not outlive it (the new owner redoes the event).
+            let cancel = self.ownership_token(&order.source);
             tokio::spawn(async move {
-                writer.write(&order).await;
-                let _ = acks.send((order.event, order.rejection.reason));
+                if let Some(how) = writer.write(&order, &cancel).await {
+                    let _ = acks.send(DeadLetterAck {
+                        event: order.event,
+                        reason: order.rejection.reason,
+                        how,
+                    });
+                }
             });
         }
     }
 
     fn finish_revoke_if_drained(&mut self) {
-        let Some(r) = &self.revoking else {
-            return;
-        };
-        let unfinished = self.ledger.unfinished_in(&r.partitions);
-        if unfinished > 0 && Instant::now() < r.deadline {
+        if self.revoking.is_empty() {
             return;
         }
-        let r = self.revoking.take().expect("checked above");
-        if unfinished > 0 {
+        let ledger = &self.ledger;
+        let due = self
+            .revoking
+            .take_due(Instant::now(), |ps| ledger.unfinished_in(ps));
+        for revoke in due {
+            self.answer_revoke(revoke);
+        }
+    }
+
+    /// Forgets the revoked partitions and sends their watermarks to the
+    /// consumer, which commits them before giving the partitions up.
+    fn answer_revoke(&mut self, revoke: DueRevoke) {
+        if revoke.timed_out {
             tracing::warn!(
-                unfinished,
+                unfinished = self.ledger.unfinished_in(&revoke.partitions),
+                generation = revoke.generation,
                 "revoke drain timeout: committing the watermark below the unfinished events"
             );
         }
-        let marks = self.ledger.revoke(&r.partitions);
-        let _ = r.reply.send(if self.dry_run { Vec::new() } else { marks });
+        let marks = self.ledger.revoke(&revoke.partitions);
+        for p in &revoke.partitions {
+            if let Some(token) = self.ownership.remove(p) {
+                token.cancel();
+            }
+        }
+        if let Some(reply) = revoke.reply {
+            let _ = reply.send(if self.dry_run { Vec::new() } else { marks });
+        }
+    }
+
+    /// The token that ends with this member's ownership of `partition`.
+    fn ownership_token(&mut self, partition: &PartitionId) -> CancellationToken {
+        self.ownership
+            .entry(partition.clone())
+            .or_insert_with(|| self.stopped.child_token())
+            .clone()
     }
 
     fn commit(&mut self) {
@@ -561,10 +684,26 @@ impl Coordinator {
             .store(hold, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
         self.metrics
             .events_in_memory
             .set(self.ledger.events_in_memory() as i64);
+        // Per owned partition; series of partitions no longer owned go away.
+        let gauge = &self.metrics.offsets_held_back;
+        let mut labelled = std::mem::take(&mut self.held_back_labelled);
+        let mut now_labelled = Vec::new();
+        for (p, held) in self.ledger.held_back() {
+            let partition = p.partition.to_string();
+            gauge
+                .with_label_values(&[&*p.topic, partition.as_str()])
+                .set(held);
+            labelled.retain(|q| q != p);
+            now_labelled.push(p.clone());
+        }
+        for gone in labelled {
+            let _ = gauge.remove_label_values(&[&*gone.topic, gone.partition.to_string().as_str()]);
+        }
+        self.held_back_labelled = now_labelled;
         let age = self
             .ledger
             .oldest_admitted()

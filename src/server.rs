@@ -1,6 +1,7 @@
-//! HTTP endpoints: `GET /metrics`, `/healthz` (liveness), `/readyz` (readiness).
+//! HTTP endpoints: `GET /metrics`, `/healthz` (liveness), `/readyz`
+//! (readiness), `/status` (JSON: partitions, regions, writers).
 //!
-//! Only `GET` (and `HEAD`) on these three paths is served: other paths answer
+//! Only `GET` (and `HEAD`) on these paths is served: other paths answer
 //! 404 and other methods 405, with empty bodies, so nothing a client sends is
 //! reflected. The listener admits at most [`ServerLimits::max_connections`]
 //! connections at once and closes connections that stall or idle (slowloris),
@@ -39,6 +40,7 @@ pub fn router(metrics: Metrics, health: Health) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
+        .route("/status", get(status_handler))
         .with_state(AppState { metrics, health })
 }
 
@@ -60,6 +62,14 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
             format!("not ready\n{}\n", reasons.join("\n")),
         ),
     }
+}
+
+async fn status_handler(State(s): State<AppState>) -> impl IntoResponse {
+    let report = s.health.status_report().await;
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&report).expect("status serializes"),
+    )
 }
 
 /// Bounds on the connections of the metrics and health listener.

@@ -22,6 +22,8 @@ use crate::health::{any_broker_up, Health};
 use crate::ledger::RawRecord;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
+use crate::retention;
+use crate::revokes::Generation;
 
 /// One message read from Kafka, already decoded.
 #[derive(Debug)]
@@ -38,12 +40,23 @@ pub enum SourceEvent {
     /// Records in offset order per partition, handed over in chunks (fewer
     /// wake-ups); a chunk is always flushed before any other event.
     Records(Vec<SourceRecord>),
-    Assigned(Vec<PartitionId>),
+    Assigned {
+        partitions: Vec<PartitionId>,
+        generation: Generation,
+    },
     /// The pipeline answers with the watermarks to commit for these partitions
-    /// before they are given up (the consumer waits for the answer).
+    /// before they are given up (the consumer waits for the answer, up to the
+    /// revoke timeout plus a margin, then goes on without committing).
     Revoked {
         partitions: Vec<PartitionId>,
+        generation: Generation,
         reply: std_mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    },
+    /// The group coordinator's answer to a commit (`ok`), or a commit that
+    /// was not sent because the partitions are no longer owned (not `ok`).
+    Committed {
+        marks: Vec<(PartitionId, i64)>,
+        ok: bool,
     },
     /// The consumer cannot go on (a fatal librdkafka error).
     Fatal(String),
@@ -91,6 +104,12 @@ struct SourceContext {
     stopping: AtomicBool,
     paused: AtomicBool,
     revoke_timeout: Duration,
+    /// Partitions assigned since the consume loop last looked: it checks
+    /// where they start and what retention removed before (see `retention`).
+    newly_assigned: std::sync::Mutex<Vec<PartitionId>>,
+    /// Counts rebalance events, so the pipeline can tell an old revoke from
+    /// a newer assignment of the same partition.
+    generation: std::sync::atomic::AtomicU64,
     /// `group.instance.id` is set: on stop, close without unsubscribing, so
     /// no LeaveGroup is sent and a restart within the session timeout gets
     /// the same partitions back with no rebalance.
@@ -129,6 +148,10 @@ impl SourceContext {
         self.flush() && self.events.blocking_send(event).is_ok()
     }
 
+    fn next_generation(&self) -> Generation {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn record_commit(&self, result: &Result<(), KafkaError>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
@@ -149,13 +172,19 @@ impl SourceContext {
         }
     }
 
-    fn commit_sync(&self, consumer: &BaseConsumer<SourceContext>, marks: &[(PartitionId, i64)]) {
+    /// Commits and tells the pipeline how it went, so a failed commit is
+    /// asked for again even if the watermark does not move.
+    fn commit_sync(&self, consumer: &BaseConsumer<SourceContext>, marks: Vec<(PartitionId, i64)>) {
         if marks.is_empty() {
             return;
         }
-        let tpl = offsets_list(marks);
+        let tpl = offsets_list(&marks);
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.record_commit(&result, &tpl);
+        let _ = self.send_in_order(SourceEvent::Committed {
+            marks,
+            ok: result.is_ok(),
+        });
     }
 }
 
@@ -204,11 +233,16 @@ impl ConsumerContext for SourceContext {
             return; // the final commit was made before leaving the group
         }
         let (reply, answer) = std_mpsc::sync_channel(1);
-        if !self.send_in_order(SourceEvent::Revoked { partitions, reply }) {
+        let generation = self.next_generation();
+        if !self.send_in_order(SourceEvent::Revoked {
+            partitions,
+            generation,
+            reply,
+        }) {
             return;
         }
         match answer.recv_timeout(self.revoke_timeout + Duration::from_secs(5)) {
-            Ok(marks) => self.commit_sync(consumer, &marks),
+            Ok(marks) => self.commit_sync(consumer, marks),
             Err(_) => tracing::warn!(
                 "no answer from the pipeline for the revoke; nothing committed for it"
             ),
@@ -224,8 +258,16 @@ impl ConsumerContext for SourceContext {
                     let _ = consumer.pause(tpl);
                 }
                 let partitions = partitions_of(tpl);
-                tracing::info!(count = partitions.len(), "partitions assigned");
-                let _ = self.send_in_order(SourceEvent::Assigned(partitions));
+                self.newly_assigned
+                    .lock()
+                    .expect("assigned lock")
+                    .extend(partitions.iter().cloned());
+                let generation = self.next_generation();
+                tracing::info!(count = partitions.len(), generation, "partitions assigned");
+                let _ = self.send_in_order(SourceEvent::Assigned {
+                    partitions,
+                    generation,
+                });
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -260,6 +302,8 @@ pub fn start(
         stopping: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         revoke_timeout: settings.revoke_timeout,
+        generation: std::sync::atomic::AtomicU64::new(0),
+        newly_assigned: std::sync::Mutex::new(Vec::new()),
         static_member: settings
             .client_config
             .get("group.instance.id")
@@ -289,9 +333,23 @@ fn consume(
     let consumer = Arc::new(consumer);
     let mut held_since: Option<std::time::Instant> = None;
     let mut hard_paused = false;
-    // Per topic, once: the shared name and the consumed counter.
-    let mut topics: BTreeMap<String, (Arc<str>, prometheus::IntCounter)> = BTreeMap::new();
+    // Per topic, once: the shared name, the consumed counter, and per
+    // partition the offset expected next (to notice records lost unread).
+    let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
     loop {
+        let assigned = std::mem::take(
+            &mut *consumer
+                .context()
+                .newly_assigned
+                .lock()
+                .expect("assigned lock"),
+        );
+        if !assigned.is_empty() {
+            let starts = retention::check_assigned(&consumer, &assigned, &metrics);
+            for (p, start) in assigned.iter().zip(starts) {
+                *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start;
+            }
+        }
         loop {
             match commands.try_recv() {
                 Ok(command) => {
@@ -356,24 +414,23 @@ fn consume(
             }
             Some(Ok(m)) => m,
         };
-        let topic_name = message.topic();
-        let (topic, counter) = match topics.get(topic_name) {
-            Some(t) => t,
-            None => topics.entry(topic_name.to_string()).or_insert_with(|| {
-                (
-                    Arc::<str>::from(topic_name),
-                    metrics.events_consumed.with_label_values(&[topic_name]),
-                )
-            }),
+        let state = topic_state(&mut topics, message.topic(), &metrics);
+        state.consumed.inc();
+        let partition = PartitionId {
+            topic: state.name.clone(),
+            partition: message.partition(),
         };
-        counter.inc();
+        retention::check_read(
+            &consumer,
+            &partition,
+            message.offset(),
+            state.next_of(partition.partition),
+            &metrics,
+        );
         let payload = message.payload();
         let decoded = decoder.decode(payload);
         let record = SourceRecord {
-            partition: PartitionId {
-                topic: topic.clone(),
-                partition: message.partition(),
-            },
+            partition,
             offset: message.offset(),
             record: RawRecord {
                 key: message.key().map(Bytes::copy_from_slice),
@@ -395,6 +452,42 @@ fn consume(
             return;
         }
     }
+}
+
+/// What the consume loop keeps per topic.
+struct TopicState {
+    name: Arc<str>,
+    consumed: prometheus::IntCounter,
+    /// Indexed by partition.
+    next: Vec<retention::NextOffset>,
+}
+
+impl TopicState {
+    fn next_of(&mut self, partition: i32) -> &mut retention::NextOffset {
+        let i = partition.max(0) as usize;
+        if self.next.len() <= i {
+            self.next.resize(i + 1, None);
+        }
+        &mut self.next[i]
+    }
+}
+
+fn topic_state<'a>(
+    topics: &'a mut BTreeMap<String, TopicState>,
+    name: &str,
+    metrics: &Metrics,
+) -> &'a mut TopicState {
+    if !topics.contains_key(name) {
+        topics.insert(
+            name.to_string(),
+            TopicState {
+                name: Arc::from(name),
+                consumed: metrics.events_consumed.with_label_values(&[name]),
+                next: Vec::new(),
+            },
+        );
+    }
+    topics.get_mut(name).expect("just inserted")
 }
 
 /// Pauses or resumes every assigned partition; partitions assigned later
@@ -423,12 +516,16 @@ fn carry_out(
 ) -> Flow {
     match command {
         SourceCommand::Commit(marks) => {
-            let owned = owned_only(consumer, &marks);
-            if !owned.is_empty() {
-                // Synchronous, once per commit interval: the result is known
-                // here (librdkafka's callback for async commits of a
-                // BaseConsumer is not delivered to our context).
-                consumer.context().commit_sync(consumer, &owned);
+            let (owned, not_owned) = owned_only(consumer, marks);
+            // Synchronous, once per commit interval: the result is known
+            // here (librdkafka's callback for async commits of a
+            // BaseConsumer is not delivered to our context).
+            consumer.context().commit_sync(consumer, owned);
+            if !not_owned.is_empty() {
+                let _ = consumer.context().send_in_order(SourceEvent::Committed {
+                    marks: not_owned,
+                    ok: false,
+                });
             }
         }
         SourceCommand::Pause => {
@@ -436,8 +533,8 @@ fn carry_out(
             metrics.consumer_paused.set(1);
         }
         SourceCommand::Stop { final_commit, done } => {
-            let owned = owned_only(consumer, &final_commit);
-            consumer.context().commit_sync(consumer, &owned);
+            let (owned, _) = owned_only(consumer, final_commit);
+            consumer.context().commit_sync(consumer, owned);
             consumer.context().stopping.store(true, Ordering::Relaxed);
             // librdkafka sends LeaveGroup on unsubscribe even for a static
             // member; closing (when the consumer is dropped) does not.
@@ -488,13 +585,15 @@ fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> 
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Only partitions this member owns now may be committed.
+/// Only partitions this member owns now may be committed: splits `marks`
+/// into those it owns and the others.
+#[allow(clippy::type_complexity)]
 fn owned_only(
     consumer: &BaseConsumer<SourceContext>,
-    marks: &[(PartitionId, i64)],
-) -> Vec<(PartitionId, i64)> {
+    marks: Vec<(PartitionId, i64)>,
+) -> (Vec<(PartitionId, i64)>, Vec<(PartitionId, i64)>) {
     let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
+        return (Vec::new(), marks);
     };
     let elements = assignment.elements();
     let owned: std::collections::HashSet<(&str, i32)> = elements
@@ -502,8 +601,6 @@ fn owned_only(
         .map(|e| (e.topic(), e.partition()))
         .collect();
     marks
-        .iter()
-        .filter(|(p, _)| owned.contains(&(&*p.topic, p.partition)))
-        .cloned()
-        .collect()
+        .into_iter()
+        .partition(|(p, _)| owned.contains(&(&*p.topic, p.partition)))
 }

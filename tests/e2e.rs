@@ -285,6 +285,7 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
             server_error: 0.15,
             too_many: 0.10,
             lost_reply: 0.10,
+            empty_200: 0.0,
             hang: 0.02,
             // Past api.timeout_ms = 2000.
             hang_for: Duration::from_millis(2500),

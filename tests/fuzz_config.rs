@@ -114,6 +114,7 @@ fn mutated() -> impl Strategy<Value = String> {
         "api.auth_retry_ms",
         "api.dry_run",
         "api.ca_file",
+        "api.unconfirmed_retries",
         "dedup.recent_capacity",
         "dedup.recent_ttl_secs",
         "pipeline.max_events_in_memory",

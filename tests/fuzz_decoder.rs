@@ -64,6 +64,7 @@ fn check_verdict(
     if let Decoded::DeadLetter(r) = verdict {
         prop_assert_eq!(r.reason == DeadLetterReason::TooLarge, too_large);
         prop_assert_ne!(r.reason, DeadLetterReason::ApiRejected);
+        prop_assert_ne!(r.reason, DeadLetterReason::Unconfirmed);
         prop_assert!(r.detail.len() <= 200, "detail too long: {}", r.detail);
         if r.reason == DeadLetterReason::NotUtf8 {
             prop_assert!(std::str::from_utf8(payload).is_err());

@@ -118,85 +118,6 @@ async fn every_id_deleted_once_with_duplicates_and_mixed_regions() {
 }
 
 /// Simple single-region events, one identity each: `u{i}`.
-fn simple_events(
-    n: usize,
-    region_of: impl Fn(usize) -> &'static str,
-) -> Vec<clevertap_deleter::synth::SynthEvent> {
-    (0..n)
-        .map(|i| {
-            let region = region_of(i);
-            clevertap_deleter::synth::SynthEvent {
-                key: format!("k{i}"),
-                payload: format!(
-                    r#"{{"type":"user-deleted","region":"{region}","identity":"u{i}"}}"#
-                )
-                .into_bytes(),
-                deletions: vec![ExpectedDeletion {
-                    region: region.to_string(),
-                    kind: IdKind::Identity,
-                    id: format!("u{i}"),
-                }],
-                poison: None,
-            }
-        })
-        .collect()
-}
-
-fn deleted_identity(
-    api: &clevertap_deleter::fake_api::FakeCleverTap,
-    region: &str,
-    id: &str,
-) -> bool {
-    api.deletion_counts()
-        .contains_key(&(account_id(region), IdKind::Identity, id.to_string()))
-}
-
-struct Setup {
-    kafka: Kafka,
-    topic: String,
-    group: String,
-    api: clevertap_deleter::fake_api::FakeCleverTap,
-}
-
-async fn setup(partitions: i32, api_limit: usize) -> Setup {
-    let kafka = Kafka::new();
-    let topic = unique("t");
-    kafka.topic(&topic, partitions);
-    kafka.topic(&format!("{topic}.dlq"), 1);
-    Setup {
-        kafka,
-        topic,
-        group: unique("g"),
-        api: fake_api(api_limit).await,
-    }
-}
-
-impl Setup {
-    fn toml(&self, extra: &str) -> String {
-        config_toml(
-            &self.kafka.bootstrap,
-            &self.topic,
-            &self.group,
-            &self.api.endpoint(),
-            extra,
-        )
-    }
-
-    fn committed(&self, partitions: i32) -> Vec<i64> {
-        self.kafka.committed(&self.group, &self.topic, partitions)
-    }
-
-    async fn wait_committed(&self, expected: Vec<i64>, timeout: Duration) {
-        let n = expected.len() as i32;
-        wait_for(&format!("committed offsets {expected:?}"), timeout, || {
-            let c = self.committed(n);
-            let ok = c == expected;
-            async move { ok }
-        })
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_batch_holds_the_commit_until_it_succeeds() {
     let s = setup(1, 15).await;
@@ -210,8 +131,22 @@ async fn a_failing_batch_holds_the_commit_until_it_succeeds() {
         async move { ok }
     })
     .await;
-    // Give several commit intervals the chance to (wrongly) move past it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Every event outside the failing batch (u100..u109) finished; the
+    // ticks after that would (wrongly)
+    // commit past the failing event.
+    wait_for(
+        "all but the failing batch finished",
+        Duration::from_secs(30),
+        || {
+            let n = metric_sum(
+                &running.metrics.render(),
+                "clevertap_deleter_events_finished_total",
+            );
+            async move { n >= 290.0 }
+        },
+    )
+    .await;
+    commit_ticks(&running, 3).await;
     let held = s.committed(1)[0];
     assert!(
         held <= 100,
@@ -308,7 +243,7 @@ async fn wrong_credentials_hold_one_region_while_others_proceed() {
         async move { ok }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    commit_ticks(&running, 3).await;
     let held = s.committed(1)[0];
     assert!(
         held <= 1,
@@ -463,6 +398,75 @@ async fn ids_clevertap_rejects_are_isolated_and_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_2xx_answers_are_never_deletions_and_end_as_unconfirmed_dead_letters() {
+    use clevertap_deleter::fake_api::OddAnswer;
+    let s = setup(1, 15).await;
+    let events = simple_events(60, |_| "eu1");
+    s.kafka.produce(&s.topic, &events, |_| 0).await;
+    let odd = [
+        ("u3", OddAnswer::Empty),
+        ("u17", OddAnswer::NoContent),
+        ("u30", OddAnswer::Html),
+        ("u41", OddAnswer::Partial),
+        ("u45", OddAnswer::Unprocessed),
+        ("u50", OddAnswer::BomSuccess),
+    ];
+    for (id, answer) in odd {
+        s.api.odd_ids([id.to_string()], answer);
+    }
+    let running = start(
+        &s.toml("[batch]\nlinger_ms = 100\n[api]\nretry_max_ms = 20\nunconfirmed_retries = 1"),
+    );
+    s.wait_committed(vec![60], Duration::from_secs(60)).await;
+
+    // Deleted: every id but the five the fake never confirmed (the byte
+    // order mark before a success is read past).
+    let counts = s.api.deletion_counts();
+    assert_eq!(counts.len(), 55, "{counts:?}");
+    for (id, _) in &odd[..5] {
+        assert!(!deleted_identity(&s.api, "eu1", id), "{id}");
+    }
+    assert!(deleted_identity(&s.api, "eu1", "u50"));
+    assert!(s.api.violations().is_empty(), "{:?}", s.api.violations());
+    let dlq = s
+        .kafka
+        .read_all(&format!("{}.dlq", s.topic), 1, 5, Duration::from_secs(10));
+    let mut keys: Vec<String> = dlq
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["k17", "k3", "k30", "k41", "k45"]);
+    assert!(
+        dlq.iter().all(|r| r.headers["reason"] == "unconfirmed"),
+        "{dlq:?}"
+    );
+    let details: Vec<&str> = dlq.iter().map(|r| r.headers["detail"].as_str()).collect();
+    assert!(
+        details.iter().all(|d| d.starts_with(
+            "CleverTap did not confirm the deletion of this identity: no confirmation in 2 answers, the last: HTTP 20"
+        )),
+        "{details:?}"
+    );
+    let text = running.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_ids_deleted_total{kind=\"identity\",region=\"eu1\"}"
+        ),
+        55.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "clevertap_deleter_dead_letters_total{reason=\"unconfirmed\"}"
+        ),
+        5.0
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_deletions_and_commits_them() {
     let s = setup(2, 15).await;
     // Well below the client timeout (2 s): these requests are slow, not failing.
@@ -529,7 +533,6 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         async move { ok }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let consumed = || {
         metric(
             &running.metrics.render(),
@@ -552,8 +555,14 @@ async fn memory_stays_bounded_while_the_api_is_down() {
         consumed_at_pause < 5_000.0,
         "consumption stopped early: {consumed_at_pause}"
     );
+    // The daemon keeps working (retrying the API) while nothing is read.
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let requests = s.api.request_count();
+        wait_for("more API retries", Duration::from_secs(30), || {
+            let n = s.api.request_count();
+            async move { n >= requests + 5 }
+        })
+        .await;
         assert_eq!(
             consumed(),
             consumed_at_pause,
@@ -609,7 +618,7 @@ async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
         async move { total == 300.0 }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // stop() returns after the final commit, where a commit would happen.
     let summary = running.stop().await.unwrap();
     assert!(summary.committed.is_empty());
     assert_eq!(s.api.request_count(), 0, "no API call in a dry run");

@@ -12,9 +12,10 @@ use clevertap_deleter::api::DeleteApi;
 use clevertap_deleter::config::{self, Config};
 use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
 use clevertap_deleter::health::Health;
+use clevertap_deleter::ids::IdKind;
 use clevertap_deleter::metrics::Metrics;
 use clevertap_deleter::pipeline::{self, PipelineError, RunSummary};
-use clevertap_deleter::synth::SynthEvent;
+use clevertap_deleter::synth::{ExpectedDeletion, SynthEvent};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -55,6 +56,8 @@ impl Kafka {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "5")
+            // Tests produce oversized records on purpose.
+            .set("message.max.bytes", "10000000")
             .create()
             .expect("producer")
     }
@@ -79,7 +82,9 @@ impl Kafka {
             })
             .collect();
         for s in futures::future::join_all(sends).await {
-            s.expect("produce");
+            if let Err((e, _)) = s {
+                panic!("produce: {e}");
+            }
         }
     }
 
@@ -112,6 +117,17 @@ impl Kafka {
         };
         drop(consumer);
         offsets
+    }
+
+    /// The low and high watermarks of one partition.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> (i64, i64) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("consumer");
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .expect("watermarks")
     }
 
     /// Every record of partitions 0..n: reads until nothing came for a second.
@@ -333,6 +349,28 @@ pub fn start_with(cfg: Config, api: Arc<dyn DeleteApi>) -> Running {
     }
 }
 
+/// Waits until the pipeline ran `n` more commit ticks, seen through the
+/// oldest-unfinished-age gauge that each tick refreshes (so only while some
+/// event is unfinished). A commit a tick requested is carried out before the
+/// consumer thread's next poll, well within the following tick: after two
+/// ticks, the group shows whatever the first one would have committed.
+pub async fn commit_ticks(running: &Running, n: usize) {
+    let age = || {
+        metric(
+            &running.metrics.render(),
+            "clevertap_deleter_oldest_unfinished_event_age_seconds",
+        )
+    };
+    for _ in 0..n {
+        let before = age();
+        wait_for("a commit tick", Duration::from_secs(10), || {
+            let now = age();
+            async move { now > before }
+        })
+        .await;
+    }
+}
+
 /// Polls `check` until it returns true, or panics with `what` after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -371,4 +409,83 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// `n` events with one identity each, `u0`, `u1`, ...
+pub fn simple_events(n: usize, region_of: impl Fn(usize) -> &'static str) -> Vec<SynthEvent> {
+    (0..n)
+        .map(|i| {
+            let region = region_of(i);
+            SynthEvent {
+                key: format!("k{i}"),
+                payload: format!(
+                    r#"{{"type":"user-deleted","region":"{region}","identity":"u{i}"}}"#
+                )
+                .into_bytes(),
+                deletions: vec![ExpectedDeletion {
+                    region: region.to_string(),
+                    kind: IdKind::Identity,
+                    id: format!("u{i}"),
+                }],
+                poison: None,
+            }
+        })
+        .collect()
+}
+
+pub fn deleted_identity(
+    api: &clevertap_deleter::fake_api::FakeCleverTap,
+    region: &str,
+    id: &str,
+) -> bool {
+    api.deletion_counts()
+        .contains_key(&(account_id(region), IdKind::Identity, id.to_string()))
+}
+
+/// A mock cluster with a topic of `partitions` and its dead-letter topic,
+/// a group name and a fake API.
+pub struct Setup {
+    pub kafka: Kafka,
+    pub topic: String,
+    pub group: String,
+    pub api: clevertap_deleter::fake_api::FakeCleverTap,
+}
+
+pub async fn setup(partitions: i32, api_limit: usize) -> Setup {
+    let kafka = Kafka::new();
+    let topic = unique("t");
+    kafka.topic(&topic, partitions);
+    kafka.topic(&format!("{topic}.dlq"), 1);
+    Setup {
+        kafka,
+        topic,
+        group: unique("g"),
+        api: fake_api(api_limit).await,
+    }
+}
+
+impl Setup {
+    pub fn toml(&self, extra: &str) -> String {
+        config_toml(
+            &self.kafka.bootstrap,
+            &self.topic,
+            &self.group,
+            &self.api.endpoint(),
+            extra,
+        )
+    }
+
+    pub fn committed(&self, partitions: i32) -> Vec<i64> {
+        self.kafka.committed(&self.group, &self.topic, partitions)
+    }
+
+    pub async fn wait_committed(&self, expected: Vec<i64>, timeout: Duration) {
+        let n = expected.len() as i32;
+        wait_for(&format!("committed offsets {expected:?}"), timeout, || {
+            let c = self.committed(n);
+            let ok = c == expected;
+            async move { ok }
+        })
+        .await;
+    }
 }
