@@ -470,7 +470,7 @@ fn run_on(
     for (i, e) in events.iter().enumerate() {
         let partition = (i % partitions as usize) as i32;
         end[partition as usize] += 1;
-        let mut record = BaseRecord::to(&topic)
+        let mut record = BaseRecord::to(topic)
             .key(e.key.as_bytes())
             .payload(&e.payload[..])
             .partition(partition);
@@ -492,7 +492,7 @@ fn run_on(
 
     // 1. The ceiling, in this process (the broker is another process).
     let cpu_before = cpu_seconds("self");
-    let plain_secs = plain_consumer(&brokers, &topic, total);
+    let plain_secs = plain_consumer(&brokers, topic, total);
     let plain_cpu = (cpu_seconds("self") - cpu_before) / total as f64 * 1e6;
     let plain_rate = total as f64 / plain_secs;
     results.push(CaseResult {
@@ -512,7 +512,7 @@ fn run_on(
     let api = runtime.block_on(fake(Duration::ZERO));
     let run = daemon(
         &brokers,
-        &topic,
+        topic,
         "bench-pipeline",
         &api.endpoint(),
         total,
@@ -543,7 +543,7 @@ fn run_on(
     let api = runtime.block_on(fake(latency));
     let run = daemon(
         &brokers,
-        &topic,
+        topic,
         "bench-api-bound",
         &api.endpoint(),
         total,

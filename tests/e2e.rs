@@ -290,7 +290,6 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
             // Past api.timeout_ms = 2000.
             hang_for: Duration::from_millis(2500),
             retry_after_secs: None,
-            ..Faults::default()
         },
     );
     let sampler = world.sampler(&expected, &api, Duration::from_millis(100));
@@ -953,7 +952,7 @@ fn fenced_zombie_scenario(label: &str, protocol: Protocol) {
             cgrp::Event::Generation(g) => Some(*g),
             _ => None,
         })
-        .last()
+        .next_back()
         .expect("A's generation before the freeze");
     // What A did right after it resumed, until it joined a new generation.
     let rejoined_at = zombie

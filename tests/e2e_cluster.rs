@@ -435,7 +435,6 @@ fn five_kills_scenario(label: &str, protocol: Protocol) {
     );
     let at_first = committed_events(&latest.lock().unwrap());
     let mut dead: Vec<(Daemon, f64)> = Vec::new();
-    let mut next = 4;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -456,12 +455,11 @@ fn five_kills_scenario(label: &str, protocol: Protocol) {
         let port = daemon::daemon_port();
         let config = world.config(&api, port, extra);
         live.push(daemon::Daemon::start(
-            &format!("R{next}"),
+            &format!("R{}", k + 4),
             &config,
             port,
             &log,
         ));
-        next += 1;
     }
     let last_kill = *kill_times.last().unwrap();
     let gaps: Vec<String> = kill_times
