@@ -59,6 +59,12 @@ pub enum Command {
         /// Where /metrics, /healthz and /readyz are served during the demo.
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: std::net::SocketAddr,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=64))]
+        partitions: i32,
+        /// After the summary, keep serving /metrics and /status until Ctrl-C.
+        #[arg(long)]
+        keep_serving: bool,
     },
     /// Move dead letters back to their source topic, in Kafka transactions.
     ReplayDlq {
@@ -68,10 +74,33 @@ pub enum Command {
         #[command(flatten)]
         options: crate::replay::ReplayOptions,
     },
-    /// Validate the configuration and print it with secrets redacted.
+    /// Show a running daemon's state: partitions (committed, read, held back
+    /// behind which event), regions (held, in flight, limit), writers. Reads
+    /// GET /status. Exit 0 when it answered, 1 when it cannot be reached.
+    Status {
+        /// Base URL of the daemon's metrics/health listener.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and print it with secrets redacted. The
+    /// Kafka clients are built (not connected), so librdkafka checks every
+    /// property. Exit 0 valid, 2 invalid.
     CheckConfig {
+        /// Path of the TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also check against the real systems, changing nothing: the brokers
+        /// answer with the configured security, the topics exist, the group's
+        /// offsets can be read, each region's endpoint answers over TLS. One
+        /// line per check on stderr; exit 2 if any fails.
+        #[arg(long)]
+        online: bool,
+        /// With --online: how long each check waits, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout: u64,
     },
 }
 
@@ -82,20 +111,119 @@ fn load_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Loads the configuration and builds the Kafka clients offline, so a
+/// property librdkafka refuses is a configuration error (exit 2) before
+/// anything starts; librdkafka's configuration warnings join the others.
+fn load_and_check_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    let mut config = load_or_exit(path)?;
+    match crate::pipeline::check_clients_offline(&config) {
+        Ok(warnings) => {
+            config.warnings.extend(warnings);
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("clevertap-deleter: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// Logs the configuration's warnings, once logging is set up.
+pub fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
+}
+
+fn check_config(path: Option<&std::path::Path>, online: bool, timeout: u64) -> ExitCode {
+    let c = match load_and_check_or_exit(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for warning in &c.warnings {
+        eprintln!("clevertap-deleter: warning: {warning}");
+    }
+    print!("{}", config::redacted_toml(&c.settings));
+    eprintln!(
+        "configuration OK: {} region(s), topics {:?}",
+        c.regions.len(),
+        c.settings.kafka.topics
+    );
+    if !online {
+        return ExitCode::SUCCESS;
+    }
+    let checks = crate::online::run(&c, std::time::Duration::from_secs(timeout));
+    for check in &checks {
+        eprintln!("{check}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == crate::online::Status::Fail)
+        .count();
+    if failed == 0 {
+        eprintln!("online checks OK");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("online checks: {failed} failed");
+        ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+/// `status`: fetches `GET {url}/status` and prints it.
+fn status(url: &str, json: bool) -> ExitCode {
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clevertap-deleter: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    let fetched = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let answer = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        if !answer.status().is_success() {
+            return Err(format!("answered {}", answer.status()));
+        }
+        answer.text().await.map_err(|e| e.to_string())
+    });
+    let body = match fetched {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("clevertap-deleter: cannot read {url}: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<crate::status::StatusReport>(&body) {
+        Ok(report) => {
+            print!("{}", crate::status::render_table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("clevertap-deleter: {url} did not answer a status report: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
 pub fn main_with(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { config } => match load_or_exit(config.as_deref()) {
-            Ok(c) => {
-                print!("{}", config::redacted_toml(&c.settings));
-                eprintln!(
-                    "configuration OK: {} region(s), topics {:?}",
-                    c.regions.len(),
-                    c.settings.kafka.topics
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Status { url, json } => status(&url, json),
+        Command::CheckConfig {
+            config,
+            online,
+            timeout,
+        } => check_config(config.as_deref(), online, timeout),
         Command::Demo {
             events,
             rate,
@@ -103,6 +231,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
             throttle_rate,
             latency_ms,
             listen,
+            partitions,
+            keep_serving,
         } => {
             for (name, v) in [
                 ("--fail-rate", fail_rate),
@@ -126,7 +256,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 throttle_rate,
                 latency: std::time::Duration::from_millis(latency_ms),
                 listen,
-                partitions: 6,
+                partitions,
+                keep_serving,
             };
             match runtime.block_on(crate::demo::run(opts)) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -142,12 +273,13 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config, dry_run } => {
-            let mut cfg = match load_or_exit(config.as_deref()) {
+            let mut cfg = match load_and_check_or_exit(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             cfg.settings.api.dry_run |= dry_run;
             crate::logging::init(&cfg.settings.log.format, &cfg.settings.log.level);
+            log_warnings(&cfg);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -175,7 +307,29 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP would end the process (exit 129, no drain, no commit). It is
+/// logged and ignored until secrets can be re-read.
+#[cfg(unix)]
+fn ignore_sighup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP received; secrets reload is not implemented yet, ignoring"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; it would end the process"),
+    }
+}
+
 async fn run_daemon(cfg: Config) -> ExitCode {
+    #[cfg(unix)]
+    ignore_sighup();
+    let kafka_settings = cfg.settings.kafka.clone();
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
     let api = match crate::api::client_for(&cfg) {
@@ -207,6 +361,8 @@ async fn run_daemon(cfg: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(crate::pipeline::PipelineError::KafkaConfig(e)) => {
+            // librdkafka's text may carry a property's value: never a secret.
+            let e = kafka_settings.client_error(&e);
             tracing::error!(error = %e, "invalid Kafka configuration");
             ExitCode::from(EXIT_CONFIG)
         }

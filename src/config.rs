@@ -13,6 +13,9 @@ use crate::batch::BatchCapacity;
 use crate::ids::RegionName;
 use crate::secret::{Secret, REDACTED};
 
+mod sources;
+pub use sources::env_var_for;
+
 /// Environment variables with this prefix (then `__` between levels) override the file.
 pub const ENV_PREFIX: &str = "CLEVERTAP_DELETER";
 
@@ -59,7 +62,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -129,16 +132,150 @@ impl KafkaSettings {
     pub fn redacted_properties(&self) -> BTreeMap<String, String> {
         self.properties
             .iter()
-            .map(|(k, v)| {
-                let shown = if self.is_secret(k) {
-                    REDACTED.to_string()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), shown)
-            })
+            .map(|(k, v)| (k.clone(), self.shown_value(k, v)))
             .collect()
     }
+
+    /// How the value of property `key` may be shown: [`REDACTED`] for a
+    /// secret property; otherwise the value with any credentials inside it
+    /// (a URL's user-info, a `password=` setting) replaced.
+    pub fn shown_value(&self, key: &str, value: &str) -> String {
+        if self.is_secret(key) || holds_password_setting(value) {
+            return REDACTED.to_string();
+        }
+        let mut shown = value.to_string();
+        for userinfo in url_userinfos(value) {
+            shown = shown.replace(&format!("{userinfo}@"), &format!("{REDACTED}@"));
+        }
+        shown
+    }
+
+    /// Every text a message must not show: the values of secret
+    /// properties, and the credentials inside other values. Longest first.
+    pub fn secret_fragments(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, value) in &self.properties {
+            if self.is_secret(key) || holds_password_setting(value) {
+                out.push(value.clone());
+                out.extend(password_settings(value));
+            }
+            for userinfo in url_userinfos(value) {
+                out.extend(userinfo.split(':').map(str::to_string));
+                out.push(userinfo);
+            }
+        }
+        out.retain(|f| !f.trim().is_empty());
+        out.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        out.dedup();
+        out
+    }
+
+    /// `text` with every [`KafkaSettings::secret_fragments`] replaced.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for fragment in self.secret_fragments() {
+            text = text.replace(&fragment, REDACTED);
+        }
+        text
+    }
+
+    /// A librdkafka client-creation error as a configuration error: it names
+    /// the property, and shows its value only when it is not a secret.
+    /// (librdkafka's own text carries the value, and for an unknown property
+    /// the name may be a misspelt secret one, so its value is never shown.)
+    pub fn client_error(&self, error: &rdkafka::error::KafkaError) -> ConfigError {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaConfRes;
+        match error {
+            KafkaError::ClientConfig(res, description, key, value) => {
+                let hide = *res == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN
+                    || self.shown_value(key, value) != *value;
+                let mut text = self.redact(description.trim());
+                if hide && !value.is_empty() {
+                    text = text.replace(value.as_str(), REDACTED);
+                }
+                let text = if *res == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN {
+                    format!("librdkafka has no such property ({text}); check its spelling against librdkafka's CONFIGURATION.md")
+                } else {
+                    format!("librdkafka refuses it: {text}")
+                };
+                ConfigError::new(format!("kafka.properties.{key}"), text)
+            }
+            other => {
+                let text = self.redact(&other.to_string());
+                // Name the property the text is about ("ssl.key.pem failed: ..."), if any.
+                let key = self
+                    .properties
+                    .keys()
+                    .filter(|k| text.contains(k.as_str()))
+                    .max_by_key(|k| k.len())
+                    .map_or_else(
+                        || "kafka.properties".to_string(),
+                        |k| format!("kafka.properties.{k}"),
+                    );
+                ConfigError::new(key, format!("librdkafka cannot create a client: {text}"))
+            }
+        }
+    }
+}
+
+/// Whether a value carries a `password=…` setting (a JAAS line, a
+/// connection string): it is then shown as [`REDACTED`] as a whole.
+fn holds_password_setting(value: &str) -> bool {
+    !password_settings(value).is_empty()
+}
+
+/// The values of `password=`/`secret=`-like settings inside a value.
+fn password_settings(value: &str) -> Vec<String> {
+    let lower = value.to_ascii_lowercase();
+    let mut out = Vec::new();
+    for word in ["password", "secret", "passwd", "token"] {
+        let mut from = 0;
+        while let Some(at) = lower[from..].find(word) {
+            let after = from + at + word.len();
+            from = after;
+            // Skip the rest of a name such as clientSecret or password_file.
+            let rest = &value[after..];
+            let name_end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(rest.len());
+            let rest = rest[name_end..].trim_start();
+            let Some(rest) = rest.strip_prefix(['=', ':']) else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let secret = if let Some(quoted) = rest.strip_prefix(['"', '\'']) {
+                let quote = rest.chars().next().unwrap_or('"');
+                quoted.split(quote).next().unwrap_or_default()
+            } else {
+                rest.split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+                    .next()
+                    .unwrap_or_default()
+            };
+            if !secret.is_empty() {
+                out.push(secret.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The `user:password` parts of every `scheme://user:password@host` in a value.
+fn url_userinfos(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("://") {
+        let after = &rest[at + 3..];
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c == ',' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        if let Some(userinfo_end) = authority.rfind('@') {
+            out.push(authority[..userinfo_end].to_string());
+        }
+        rest = &after[authority_end..];
+    }
+    out
 }
 
 /// Written by hand so `{:?}` of a configuration never shows a Kafka password.
@@ -367,7 +504,8 @@ pub struct Config {
     /// Certificates of `api.ca_file`, trusted on top of the platform's roots.
     pub extra_roots: Vec<reqwest::Certificate>,
     /// Problems that do not stop the daemon, e.g. a secret file readable by
-    /// others. [`load`] prints them to stderr.
+    /// others. `check-config` prints them to stderr; `run` and `replay-dlq`
+    /// log them at start.
     pub warnings: Vec<String>,
 }
 
@@ -392,56 +530,46 @@ pub fn default_endpoint(region: &str) -> Option<&'static str> {
 
 /// Reads the file (if any) and the environment, then validates.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let mut builder = config::Config::builder();
-    if let Some(path) = path {
-        if !path.exists() {
-            return Err(ConfigError::new(
-                "--config",
-                format!("file {} does not exist", path.display()),
-            ));
+    let table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::NotFound {
+                    "does not exist".to_string()
+                } else {
+                    format!("cannot be read: {}", e.kind())
+                };
+                ConfigError::new("--config", format!("file {} {why}", path.display()))
+            })?;
+            sources::parse_file(&text)?
         }
-        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-    }
-    builder = builder.add_source(
-        config::Environment::with_prefix(ENV_PREFIX)
-            .separator("__")
-            // No try_parsing: it would turn a passcode or group id like "0042"
-            // into the number 42. Numeric keys still parse from their text.
-            .list_separator(",")
-            .with_list_parse_key("kafka.topics")
-            .with_list_parse_key("event.accept_types"),
-    );
-    let raw = builder.build().map_err(from_config_error)?;
-    let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
-    let config = validate_with_env(settings, &|name| std::env::var(name).ok())?;
-    // Logging is not set up yet (its settings are in this file), so warnings go
-    // straight to stderr, like configuration errors.
-    for warning in &config.warnings {
-        eprintln!("clevertap-deleter: warning: {warning}");
-    }
-    Ok(config)
+        None => toml::Table::new(),
+    };
+    let overrides = sources::env_overrides(std::env::vars_os())?;
+    let settings = sources::settings_from(table, &overrides)?;
+    // The caller shows `warnings`: on stderr for check-config, through the
+    // log (JSON or not, as configured) for run and replay-dlq.
+    validate_with_env(settings, &|name| std::env::var(name).ok())
 }
 
 /// Parses TOML text (used by tests and the demo) with no environment overrides.
 pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-    let raw = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .map_err(from_config_error)?;
-    let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
-    validate(settings)
+    from_toml_and_env(text, &[])
 }
 
-fn from_config_error(err: config::ConfigError) -> ConfigError {
-    // The config crate puts the key into its messages ("... for key `batch.max_ids`").
-    let text = err.to_string();
-    let key = text
-        .split("key `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or("(file)")
-        .to_string();
-    ConfigError::new(key, text)
+/// Parses TOML text with the given `CLEVERTAP_DELETER…` variables instead of
+/// the process environment (tests).
+pub fn from_toml_and_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let overrides = sources::env_overrides(
+        env.iter()
+            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v))),
+    )?;
+    let settings = sources::settings_from(sources::parse_file(text)?, &overrides)?;
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    validate_with_env(settings, &lookup)
 }
 
 /// Validates settings without looking at the environment.
@@ -500,6 +628,7 @@ pub fn validate_with_env(
             ));
         }
     }
+    check_forbidden_values(k)?;
 
     let e = &settings.event;
     for (key, pointer) in [
@@ -588,6 +717,12 @@ pub fn validate_with_env(
             "pipeline.commit_interval_ms",
             "must be at least 1",
         ));
+    }
+    if let Some(warning) = drain_warning(&settings) {
+        warnings.push(warning);
+    }
+    if let Some(warning) = dead_letter_size_warning(&settings) {
+        warnings.push(warning);
     }
 
     if settings.regions.is_empty() {
@@ -811,7 +946,10 @@ fn read_secret(
         (None, None) => {
             return Err(ConfigError::new(
                 name(""),
-                format!("is missing (set {key}, {key}_file, or the environment variable)"),
+                format!(
+                "is missing: set {key} or {key}_file in [{table}], or the environment variable {}",
+                env_var_for(&name(""))
+            ),
             ))
         }
     };
@@ -821,6 +959,29 @@ fn read_secret(
     Ok(secret)
 }
 
+/// Bytes a dead letter carries besides the payload (key and headers), at most,
+/// near enough.
+const DEAD_LETTER_OVERHEAD: usize = 4 * 1024;
+
+/// Events up to `event.max_message_bytes` are accepted and, when bad,
+/// dead-lettered whole; the producer refuses records above its
+/// `message.max.bytes` (librdkafka's default 1,000,000), so those dead
+/// letters go out truncated. Not an error: said once, at start.
+fn dead_letter_size_warning(settings: &Settings) -> Option<String> {
+    let producer_max: usize = settings
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000);
+    let event_max = settings.event.max_message_bytes;
+    (event_max + DEAD_LETTER_OVERHEAD > producer_max).then(|| {
+        format!(
+            "event.max_message_bytes = {event_max} is more than the dead-letter producer writes              (message.max.bytes = {producer_max}, less about {DEAD_LETTER_OVERHEAD} bytes of headers):              bad events that large are dead-lettered as a truncated copy (16 KiB, with the original's              size and SHA-256); raise kafka.properties message.max.bytes (and the topic's              max.message.bytes) to keep them whole"
+        )
+    })
+}
+
 fn resolve_region(
     name: &str,
     region: &RegionSettings,
@@ -828,7 +989,26 @@ fn resolve_region(
 ) -> Result<RegionAccount, ConfigError> {
     let key = |field: &str| format!("regions.{name}.{field}");
     if region.account_id.trim().is_empty() {
-        return Err(ConfigError::new(key("account_id"), "is missing or empty"));
+        return Err(ConfigError::new(
+            key("account_id"),
+            format!(
+                "is missing or empty: set account_id in [regions.{name}], or the environment variable {}",
+                env_var_for(&key("account_id"))
+            ),
+        ));
+    }
+    let account_id = region.account_id.trim();
+    if reqwest::header::HeaderValue::from_str(account_id).is_err() {
+        return Err(ConfigError::new(
+            key("account_id"),
+            "contains a control or non-ASCII character, which the X-CleverTap-Account-Id header cannot carry",
+        ));
+    }
+    if is_placeholder_account_id(account_id) {
+        warnings.push(format!(
+            "{}: `{account_id}` is the example file's placeholder; set the account id from CleverTap's dashboard, or every request will be refused",
+            key("account_id")
+        ));
     }
     let passcode = read_secret(
         &format!("regions.{name}"),
@@ -837,6 +1017,7 @@ fn resolve_region(
         region.passcode_file.as_deref(),
         warnings,
     )?;
+    check_passcode(&key("passcode"), &passcode)?;
     let lower = name.to_ascii_lowercase();
     let endpoint = match &region.endpoint {
         Some(e) => e.trim_end_matches('/').to_string(),
@@ -853,7 +1034,7 @@ fn resolve_region(
         .map_err(|m| ConfigError::new(key("endpoint"), m))?;
     Ok(RegionAccount {
         name: RegionName::new(name),
-        account_id: region.account_id.trim().to_string(),
+        account_id: account_id.to_string(),
         passcode,
         endpoint,
     })
@@ -875,6 +1056,19 @@ fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must be a base URL, without query or fragment".to_string());
     }
+    let path = url.path().trim_end_matches('/');
+    if path.ends_with("/1/delete/profiles.json")
+        || path.ends_with("/1/delete")
+        || path.ends_with("/1")
+    {
+        let base = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        return Err(format!(
+            "carries the API path ({}); the daemon appends {}: set the base URL, e.g. {base}{port}",
+            url.path(),
+            crate::api::DELETE_PATH
+        ));
+    }
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -894,6 +1088,92 @@ fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), String> {
         }
         other => Err(format!("scheme `{other}` is not http or https")),
     }
+}
+
+/// Passcodes of the example file and the docs, which can never work.
+const PLACEHOLDER_PASSCODES: [&str; 2] = ["replace-with-your-passcode", "change-me"];
+
+fn is_placeholder_account_id(account_id: &str) -> bool {
+    let upper = account_id.to_ascii_uppercase();
+    upper.starts_with("YOUR-") && upper.ends_with("ACCOUNT-ID")
+}
+
+/// A passcode must fit in an HTTP header and must not be a placeholder.
+/// Errors never show the value.
+fn check_passcode(key: &str, passcode: &Secret) -> Result<(), ConfigError> {
+    let value = passcode.expose();
+    if value.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::new(
+            key,
+            "contains a control character (a line break, tab, ...), which the X-CleverTap-Passcode header cannot carry; \
+             check the variable or file it comes from",
+        ));
+    }
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        return Err(ConfigError::new(
+            key,
+            "contains a non-ASCII character, which the X-CleverTap-Passcode header cannot carry",
+        ));
+    }
+    if PLACEHOLDER_PASSCODES
+        .iter()
+        .any(|p| value.eq_ignore_ascii_case(p))
+    {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "is the example file's placeholder; set the account's passcode here, in passcode_file, or in {}",
+                env_var_for(key)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// librdkafka values the README forbids because they break a guarantee.
+fn check_forbidden_values(k: &KafkaSettings) -> Result<(), ConfigError> {
+    if let Some(reset) = k.properties.get("auto.offset.reset") {
+        if matches!(
+            reset.trim().to_ascii_lowercase().as_str(),
+            "latest" | "largest" | "end"
+        ) {
+            return Err(ConfigError::new(
+                "kafka.properties.auto.offset.reset",
+                format!(
+                    "`{reset}` would make a new consumer group skip every deletion produced before it first ran; \
+                     remove it (the daemon uses earliest)"
+                ),
+            ));
+        }
+    }
+    if let Some(interval) = k.properties.get("statistics.interval.ms") {
+        if interval.trim() == "0" {
+            return Err(ConfigError::new(
+                "kafka.properties.statistics.interval.ms",
+                "0 turns statistics off, and with them readiness after an outage, kafka_connected and consumer_lag_messages; \
+                 remove it (the daemon uses 5000)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+
+/// A rebalance drain that outlasts the session timeout.
+fn drain_warning(settings: &Settings) -> Option<String> {
+    let session = match settings.kafka.properties.get("session.timeout.ms") {
+        Some(v) => v.trim().parse::<u64>().ok()?,
+        None => DEFAULT_SESSION_TIMEOUT_MS,
+    };
+    let drain = settings.pipeline.rebalance_drain_timeout_ms;
+    (drain >= session).then(|| {
+        format!(
+            "pipeline.rebalance_drain_timeout_ms ({drain}) is not below session.timeout.ms ({session}): \
+             a revoke that waits that long can cost this member its place in the group; keep the drain below the session timeout"
+        )
+    })
 }
 
 /// Keys of librdkafka properties whose values are secrets.
@@ -1100,12 +1380,7 @@ mod tests {
     }
 
     fn settings(text: &str) -> Settings {
-        config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap()
+        sources::settings_from(sources::parse_file(text).unwrap(), &[]).unwrap()
     }
 
     #[test]

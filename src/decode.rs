@@ -1,6 +1,7 @@
 //! Turns a Kafka message payload into a deletion request, a skip, or a
 //! dead-letter verdict with a reason. Never panics on input.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -37,10 +38,15 @@ pub enum DeadLetterReason {
     ApiRejected,
     /// CleverTap's 2xx answers for this id alone never said success.
     Unconfirmed,
+    /// The type is missing or not a string, but the event carries ids.
+    MissingType,
+    /// The type, region or an id key (or a key on the way to one) appears
+    /// twice in one object.
+    DuplicateKey,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 12] = [
+    pub const ALL: [DeadLetterReason; 14] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::NotUtf8,
@@ -53,6 +59,8 @@ impl DeadLetterReason {
         DeadLetterReason::UnknownRegion,
         DeadLetterReason::ApiRejected,
         DeadLetterReason::Unconfirmed,
+        DeadLetterReason::MissingType,
+        DeadLetterReason::DuplicateKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +77,8 @@ impl DeadLetterReason {
             DeadLetterReason::UnknownRegion => "unknown_region",
             DeadLetterReason::ApiRejected => "api_rejected",
             DeadLetterReason::Unconfirmed => "unconfirmed",
+            DeadLetterReason::MissingType => "missing_type",
+            DeadLetterReason::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -117,6 +127,8 @@ pub struct EventDecoder {
     settings: EventSettings,
     /// Set when every pointer is a top-level key: the fast path.
     flat: Option<FlatKeys>,
+    /// The pointers' segments, for the JSON-tree path.
+    paths: PointerPaths,
     accept_types: HashSet<String>,
     regions: HashMap<String, RegionName>,
     default_region: Option<RegionName>,
@@ -126,6 +138,7 @@ impl EventDecoder {
     pub fn new(settings: &EventSettings, regions: &[RegionAccount]) -> Self {
         EventDecoder {
             flat: FlatKeys::from_settings(settings),
+            paths: PointerPaths::from_settings(settings),
             accept_types: settings.accept_types.iter().cloned().collect(),
             regions: regions
                 .iter()
@@ -184,20 +197,20 @@ impl EventDecoder {
                     Ok(f) => f,
                     Err(e) => return not_json(e),
                 };
-                self.decide(|which| fields.take(which))
+                self.decide(fields.repeated, |which| fields.take(which))
             }
             None => {
-                let event: Value = match serde_json::from_slice(payload) {
+                let repeated = Cell::new(0);
+                let mut de = serde_json::Deserializer::from_slice(payload);
+                let event = match PathTracker::root(&self.paths, &repeated)
+                    .deserialize(&mut de)
+                    .and_then(|v| de.end().map(|()| v))
+                {
                     Ok(v) => v,
                     Err(e) => return not_json(e),
                 };
-                self.decide(|which| {
-                    let pointer = match which {
-                        Which::Type => &self.settings.type_pointer,
-                        Which::Identity => &self.settings.identity_pointer,
-                        Which::Guid => &self.settings.guid_pointer,
-                        Which::Region => &self.settings.region_pointer,
-                    };
+                self.decide(repeated.get(), |which| {
+                    let pointer = self.pointer(which);
                     if pointer.is_empty() {
                         return None;
                     }
@@ -207,15 +220,55 @@ impl EventDecoder {
         }
     }
 
-    /// The verdict, given a way to look up each configured field.
-    fn decide<'a>(&self, mut field: impl FnMut(Which) -> Option<Field<'a>>) -> Decoded {
+    /// The verdict, given the fields whose key (or a key on the way to it)
+    /// appears twice in one object (bits of [`Which::bit`]) and a way to look
+    /// up each configured field.
+    fn decide<'a>(
+        &self,
+        repeated: u8,
+        mut field: impl FnMut(Which) -> Option<Field<'a>>,
+    ) -> Decoded {
+        let is_repeated = |which: Which| repeated & which.bit() != 0;
         if !self.settings.type_pointer.is_empty() {
-            let accepted = match field(Which::Type) {
-                Some(Field::Str(t)) => self.accept_types.contains(t.as_ref()),
-                _ => false,
-            };
-            if !accepted {
-                return Decoded::Skip;
+            if is_repeated(Which::Type) {
+                return self.repeated_key(Which::Type);
+            }
+            match field(Which::Type) {
+                Some(Field::Str(t)) => {
+                    if !self.accept_types.contains(t.as_ref()) {
+                        return Decoded::Skip;
+                    }
+                }
+                // No usable type: a deletion with a broken type must not be
+                // skipped, but a message with no id at all is no deletion.
+                untyped => {
+                    let carries_ids = [Which::Identity, Which::Guid].into_iter().any(|which| {
+                        is_repeated(which)
+                            || match field(which) {
+                                None | Some(Field::Null) => false,
+                                Some(Field::Array(items)) => !items.is_empty(),
+                                Some(_) => true,
+                            }
+                    });
+                    if !carries_ids {
+                        return Decoded::Skip;
+                    }
+                    let pointer = &self.settings.type_pointer;
+                    return reject(
+                        DeadLetterReason::MissingType,
+                        match untyped {
+                            None => format!("no type at `{pointer}`, but the event carries ids"),
+                            Some(t) => {
+                                format!("type at `{pointer}` is {}, not a string", t.type_name())
+                            }
+                        },
+                    );
+                }
+            }
+        }
+        for which in [Which::Identity, Which::Guid, Which::Region] {
+            if is_repeated(which) {
+                return self.repeated_key(which);
             }
         }
 
@@ -243,6 +296,25 @@ impl EventDecoder {
             Err(rejection) => return Decoded::DeadLetter(rejection),
         };
         Decoded::Delete(DeletionRequest { region, ids })
+    }
+
+    fn pointer(&self, which: Which) -> &str {
+        match which {
+            Which::Type => &self.settings.type_pointer,
+            Which::Identity => &self.settings.identity_pointer,
+            Which::Guid => &self.settings.guid_pointer,
+            Which::Region => &self.settings.region_pointer,
+        }
+    }
+
+    fn repeated_key(&self, which: Which) -> Decoded {
+        reject(
+            DeadLetterReason::DuplicateKey,
+            format!(
+                "`{}` is ambiguous: its key, or one on the way to it, appears twice in one object",
+                self.pointer(which)
+            ),
+        )
     }
 
     fn collect_ids(
@@ -339,9 +411,11 @@ impl EventDecoder {
     }
 }
 
-/// Deepest JSON nesting accepted (serde_json's own recursion limit is 128;
-/// the fast path skips unread values iteratively, so it is checked first).
-const MAX_NESTING: usize = 128;
+/// Deepest JSON nesting accepted, in levels of arrays and objects. serde_json
+/// refuses a document nested 128 deep (its recursion limit) and accepts 127.
+/// The fast path skips unread values without counting levels, so both paths
+/// check this first and refuse exactly what serde_json refuses.
+const MAX_NESTING: usize = 127;
 
 /// Whether arrays and objects nest deeper than `limit`, ignoring brackets
 /// inside strings. One pass over the bytes, no allocation.
@@ -379,6 +453,13 @@ enum Which {
     Identity,
     Guid,
     Region,
+}
+
+impl Which {
+    /// The field's bit in a set of fields (`u8`).
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
 }
 
 /// A field's value, as much as the decoder needs of it; strings borrow from
@@ -460,10 +541,11 @@ impl FlatKeys {
     }
 }
 
-/// The values found for the four keys (the last one wins on repeats, like
-/// serde_json's own maps).
+/// The values found for the four keys, and which keys appeared more than
+/// once (bits of [`Which::bit`]; the value kept then does not matter).
 struct FlatFields<'a> {
     values: [Option<Field<'a>>; 4],
+    repeated: u8,
 }
 
 impl<'a> FlatFields<'a> {
@@ -505,15 +587,21 @@ impl<'de> Visitor<'de> for FlatEvent<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values: [Option<Field<'de>>; 4] = [None, None, None, None];
+        let mut repeated = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match self.0.slot(&key) {
-                Some(i) => values[i] = Some(map.next_value::<Field<'de>>()?),
+                Some(i) => {
+                    if values[i].is_some() {
+                        repeated |= 1 << i;
+                    }
+                    values[i] = Some(map.next_value::<Field<'de>>()?);
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(FlatFields { values })
+        Ok(FlatFields { values, repeated })
     }
 
     // Not an object: no field is present (as `Value::pointer` would find).
@@ -545,7 +633,165 @@ impl FlatFields<'_> {
     fn absent() -> Self {
         FlatFields {
             values: [None, None, None, None],
+            repeated: 0,
         }
+    }
+}
+
+/// The segments of each configured pointer, unescaped (`None`: not set), in
+/// [`Which`] order.
+#[derive(Debug, Clone)]
+struct PointerPaths([Option<Vec<String>>; 4]);
+
+impl PointerPaths {
+    fn from_settings(s: &EventSettings) -> PointerPaths {
+        let segments = |p: &str| -> Option<Vec<String>> {
+            (!p.is_empty()).then(|| {
+                p.split('/')
+                    .skip(1)
+                    .map(|x| x.replace("~1", "/").replace("~0", "~"))
+                    .collect()
+            })
+        };
+        PointerPaths([
+            segments(&s.type_pointer),
+            segments(&s.identity_pointer),
+            segments(&s.guid_pointer),
+            segments(&s.region_pointer),
+        ])
+    }
+
+    /// Of the fields in `on` (bits), those whose pointer's segment number
+    /// `depth` satisfies `matches`.
+    fn continuing(&self, on: u8, depth: usize, matches: impl Fn(&str) -> bool) -> u8 {
+        let mut bits = 0;
+        for (i, path) in self.0.iter().enumerate() {
+            if on & (1 << i) != 0 {
+                if let Some(segment) = path.as_ref().and_then(|p| p.get(depth)) {
+                    if matches(segment) {
+                        bits |= 1 << i;
+                    }
+                }
+            }
+        }
+        bits
+    }
+}
+
+/// An array index in a JSON pointer, as `Value::pointer` reads it.
+fn parse_index(s: &str) -> Option<usize> {
+    if s.starts_with('+') || (s.starts_with('0') && s.len() != 1) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Builds the JSON tree like `Value`'s own deserializer (the last of
+/// repeated keys wins) while following the configured pointers: in every
+/// object on the way to a field it notes keys seen twice, by scanning the
+/// few pointer segments at that depth (no set of keys is built).
+struct PathTracker<'p> {
+    paths: &'p PointerPaths,
+    /// Segments matched so far.
+    depth: usize,
+    /// The fields whose pointer this value lies on (bits of [`Which::bit`]).
+    on: u8,
+    /// Where the fields with a repeated key are added.
+    repeated: &'p Cell<u8>,
+}
+
+impl<'p> PathTracker<'p> {
+    fn root(paths: &'p PointerPaths, repeated: &'p Cell<u8>) -> Self {
+        let on = (0..4)
+            .filter(|&i| paths.0[i].is_some())
+            .fold(0, |bits, i| bits | 1 << i);
+        PathTracker {
+            paths,
+            depth: 0,
+            on,
+            repeated,
+        }
+    }
+
+    fn child(&self, on: u8) -> Self {
+        PathTracker {
+            paths: self.paths,
+            depth: self.depth + 1,
+            on,
+            repeated: self.repeated,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for PathTracker<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PathTracker<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let i = items.len();
+            let next = self
+                .paths
+                .continuing(self.on, self.depth, |s| parse_index(s) == Some(i));
+            let item = if next == 0 {
+                seq.next_element::<Value>()?
+            } else {
+                seq.next_element_seed(self.child(next))?
+            };
+            match item {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        // The fields whose key at this depth was seen already.
+        let mut seen = 0;
+        while let Some(key) = map.next_key::<String>()? {
+            let next = self.paths.continuing(self.on, self.depth, |s| s == key);
+            let value = if next == 0 {
+                map.next_value::<Value>()?
+            } else {
+                self.repeated.set(self.repeated.get() | (seen & next));
+                seen |= next;
+                map.next_value_seed(self.child(next))?
+            };
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -688,7 +934,240 @@ mod tests {
             d.decode(Some(br#"{"type":"user-created","guid":"g"}"#)),
             Decoded::Skip
         );
-        assert_eq!(d.decode(Some(br#"{"guid":"g"}"#)), Decoded::Skip);
+        assert_eq!(
+            d.decode(Some(br#"{"type":"","identity":["u"],"region":"mars"}"#)),
+            Decoded::Skip
+        );
+    }
+
+    /// A decoder and the same decoder forced onto the JSON-tree path.
+    fn both_paths(d: EventDecoder) -> [EventDecoder; 2] {
+        assert!(d.flat.is_some(), "top-level pointers take the fast path");
+        let mut tree = d.clone();
+        tree.flat = None;
+        [d, tree]
+    }
+
+    fn with_settings(settings: EventSettings) -> EventDecoder {
+        let regions: Vec<RegionAccount> = ["eu1", "in1"]
+            .iter()
+            .map(|n| RegionAccount {
+                name: RegionName::new(n),
+                account_id: "A".into(),
+                passcode: Secret::new("p"),
+                endpoint: "https://x".into(),
+            })
+            .collect();
+        EventDecoder::new(&settings, &regions)
+    }
+
+    /// "delete", "skip" or the dead-letter reason.
+    fn verdict(d: &EventDecoder, payload: &str) -> &'static str {
+        match d.decode(Some(payload.as_bytes())) {
+            Decoded::Delete(_) => "delete",
+            Decoded::Skip => "skip",
+            Decoded::DeadLetter(r) => r.reason.as_str(),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_non_string_type_with_ids_is_dead_lettered() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                r#"{"guid":"g"}"#,
+                r#"{"identity":["u1"],"region":"eu1"}"#,
+                r#"{"type":null,"identity":"u1"}"#,
+                r#"{"type":7,"guid":"g"}"#,
+                r#"{"type":true,"guid":"g"}"#,
+                r#"{"type":["user-deleted"],"guid":"g"}"#,
+                r#"{"type":{"name":"user-deleted"},"guid":"g"}"#,
+                // Something is at an id pointer, even if it is not a valid id.
+                r#"{"guid":""}"#,
+                r#"{"guid":42}"#,
+                r#"{"identity":[null]}"#,
+                r#"{"identity":null,"guid":{}}"#,
+            ] {
+                assert_eq!(verdict(d, payload), "missing_type", "{payload}");
+            }
+            let Decoded::DeadLetter(r) = d.decode(Some(br#"{"type":7,"guid":"g"}"#)) else {
+                panic!()
+            };
+            assert_eq!(r.detail, "type at `/type` is a number, not a string");
+        }
+    }
+
+    #[test]
+    fn untyped_events_without_ids_are_skipped() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                "{}",
+                r#"{"region":"eu1"}"#,
+                r#"{"identity":null,"guid":[]}"#,
+                r#"{"type":null,"user":"u1"}"#,
+                r#"{"type":5,"ids":["u1"]}"#,
+                r#"["guid","g"]"#,
+                r#""g""#,
+                "42",
+                "null",
+            ] {
+                assert_eq!(verdict(d, payload), "skip", "{payload}");
+            }
+        }
+        // Without a type filter every message is a deletion.
+        let untyped = with_settings(EventSettings {
+            type_pointer: String::new(),
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        for d in &both_paths(untyped) {
+            assert_eq!(verdict(d, r#"{"guid":"g"}"#), "delete");
+            assert_eq!(
+                verdict(d, r#"{"type":"user-created","guid":"g"}"#),
+                "delete"
+            );
+            assert_eq!(verdict(d, "{}"), "no_id");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_the_decoder_reads_is_dead_lettered() {
+        for d in &both_paths(decoder(Some("eu1"))) {
+            for payload in [
+                r#"{"type":"user-created","guid":"g","type":"user-deleted"}"#,
+                r#"{"type":"user-deleted","guid":"g","type":"user-created"}"#,
+                r#"{"type":"user-deleted","type":"user-deleted","guid":"g"}"#,
+                r#"{"type":"user-deleted","\u0074ype":"user-deleted","guid":"g"}"#,
+                r#"{"type":null,"type":"user-deleted","guid":"g"}"#,
+                r#"{"type":"user-deleted","identity":"alice","identity":"bob"}"#,
+                r#"{"type":"user-deleted","guid":["a"],"guid":null}"#,
+                r#"{"type":"user-deleted","guid":"g","region":"eu1","region":"in1"}"#,
+                r#"{"type":"user-deleted","guid":"g","region":null,"region":"eu1"}"#,
+                // Before the ids are looked at.
+                r#"{"type":"user-deleted","guid":42,"region":"eu1","region":"eu1"}"#,
+            ] {
+                assert_eq!(verdict(d, payload), "duplicate_key", "{payload}");
+            }
+            // Keys the decoder does not read may repeat.
+            for (payload, expected) in [
+                (
+                    r#"{"type":"user-deleted","guid":"g","x":1,"x":2}"#,
+                    "delete",
+                ),
+                (
+                    r#"{"type":"user-deleted","guid":"g","meta":{"type":"a","type":"b"}}"#,
+                    "delete",
+                ),
+                (
+                    r#"{"type":"user-deleted","guid":{"id":"a","id":"b"}}"#,
+                    "invalid_id",
+                ),
+                (r#"[{"type":"a"},{"type":"b","type":"c"}]"#, "skip"),
+                // Not a deletion event: what it repeats is not our business.
+                (r#"{"type":"user-created","guid":"a","guid":"b"}"#, "skip"),
+                // No type, but an id key (repeated, so its value is unclear).
+                (r#"{"guid":"a","guid":"b"}"#, "missing_type"),
+                (r#"{"guid":null,"guid":null}"#, "missing_type"),
+                (r#"{"region":"eu1","region":"in1"}"#, "skip"),
+            ] {
+                assert_eq!(verdict(d, payload), expected, "{payload}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_on_the_way_to_a_nested_field_is_dead_lettered() {
+        let d = with_settings(EventSettings {
+            type_pointer: "/meta/type".into(),
+            region_pointer: "/meta/region".into(),
+            identity_pointer: "/user/id".into(),
+            guid_pointer: "/users/1/id".into(),
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        assert!(d.flat.is_none());
+        let t = r#""meta":{"type":"user-deleted"}"#;
+        for payload in [
+            format!(r#"{{{t},"user":{{"id":"a"}},"user":{{"id":"b"}}}}"#),
+            format!(r#"{{{t},"user":{{"id":"a"}},"user":null}}"#),
+            format!(r#"{{{t},"user":{{"id":"a","id":"b"}}}}"#),
+            format!(r#"{{{t},{t},"user":{{"id":"a"}}}}"#),
+            r#"{"meta":{"type":"user-deleted","type":"user-deleted"},"user":{"id":"a"}}"#.into(),
+            r#"{"meta":{"type":"user-deleted","region":"eu1","region":"in1"},"user":{"id":"a"}}"#
+                .into(),
+            format!(r#"{{{t},"users":[{{}},{{"id":"a","id":"b"}}]}}"#),
+        ] {
+            assert_eq!(verdict(&d, &payload), "duplicate_key", "{payload}");
+        }
+        for (payload, expected) in [
+            (
+                format!(r#"{{{t},"user":{{"id":"a","name":"n","name":"m"}},"x":1,"x":{{}}}}"#),
+                "delete",
+            ),
+            (
+                r#"{"meta":{"type":"user-deleted","x":1,"x":2},"user":{"id":"a"}}"#.into(),
+                "delete",
+            ),
+            (
+                format!(r#"{{{t},"users":[{{"id":"a","id":"b"}},{{"id":"c"}}]}}"#),
+                "delete",
+            ),
+            (
+                format!(r#"{{{t},"users":{{"1":{{"id":"c"}},"1":{{"id":"d"}}}}}}"#),
+                "duplicate_key",
+            ),
+            (r#"{"meta":{},"user":{"id":"a"}}"#.into(), "missing_type"),
+            (r#"{"user":{"id":"a"}}"#.into(), "missing_type"),
+            (r#"{"user":{"name":"a"}}"#.into(), "skip"),
+        ] {
+            assert_eq!(verdict(&d, &payload), expected, "{payload}");
+        }
+    }
+
+    /// `levels` nested arrays or objects, `inner` in the middle.
+    fn nested(levels: usize, object: bool, inner: &str) -> String {
+        let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
+        format!("{}{inner}{}", open.repeat(levels), close.repeat(levels))
+    }
+
+    /// serde_json refuses a document nested 128 deep (its recursion limit)
+    /// and accepts 127; both paths refuse exactly that, wherever the deep
+    /// value is: in a field the decoder skips, in one it reads, or at the top.
+    #[test]
+    fn both_paths_refuse_the_same_nesting() {
+        let d = with_settings(EventSettings {
+            default_region: Some("eu1".into()),
+            ..EventSettings::default()
+        });
+        for d in &both_paths(d) {
+            for object in [false, true] {
+                for depth in [126, 127, 128, 129] {
+                    let in_unread = format!(
+                        r#"{{"type":"user-deleted","guid":"g","x":{}}}"#,
+                        nested(depth - 1, object, "1")
+                    );
+                    let in_read = format!(
+                        r#"{{"type":"user-deleted","guid":"g","identity":{}}}"#,
+                        nested(depth - 1, object, "1")
+                    );
+                    let on_top = nested(depth, object, "1");
+                    let cases = [
+                        (in_unread, "delete"),
+                        (in_read, "invalid_id"),
+                        (on_top, "skip"),
+                    ];
+                    for (payload, below_the_limit) in cases {
+                        let serde_json_accepts = serde_json::from_str::<Value>(&payload).is_ok();
+                        assert_eq!(serde_json_accepts, depth < 128, "serde_json's limit moved");
+                        let expected = if depth < 128 {
+                            below_the_limit
+                        } else {
+                            "not_json"
+                        };
+                        assert_eq!(verdict(d, &payload), expected, "depth {depth}: {payload}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! fake CleverTap API that enforces the real contract; the real configuration
 //! code and the real pipeline in between.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +30,19 @@ pub struct DemoOptions {
     pub latency: Duration,
     pub listen: SocketAddr,
     pub partitions: i32,
+    /// After the summary, keep serving /metrics until Ctrl-C.
+    pub keep_serving: bool,
 }
+
+/// The in-process Kafka keeps at most 5 MiB or 100,000 records per
+/// partition and drops the oldest beyond that, read or not. The demo's
+/// producer never runs further ahead of the consumer than this many events
+/// per partition (about 1 MiB), so nothing is dropped unread.
+const PRODUCE_AHEAD_PER_PARTITION: u64 = 5_000;
+
+/// No event finished for this long while some are left: the demo says why
+/// it stopped instead of waiting forever.
+const STALL_AFTER: Duration = Duration::from_secs(60);
 
 const TOPIC: &str = "user-deleted";
 const DEMO_REGIONS: [&str; 3] = ["eu1", "in1", "us1"];
@@ -139,10 +150,17 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         .map_err(|e| format!("creating the demo producer: {e}"))?;
     let partitions = opts.partitions;
     let rate = opts.rate;
+    let consumed_counter = metrics.events_consumed.with_label_values(&[TOPIC]);
+    let ahead = PRODUCE_AHEAD_PER_PARTITION * partitions.max(1) as u64;
     let produce = tokio::spawn(async move {
         let started = Instant::now();
         let mut pending = Vec::new();
         for (i, e) in events.iter().enumerate() {
+            // Produce while consuming: stay within what the in-process
+            // Kafka keeps per partition.
+            while i as u64 >= consumed_counter.get() + ahead {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let record = FutureRecord::to(TOPIC)
                 .key(e.key.as_bytes())
                 .payload(&e.payload[..])
@@ -161,6 +179,8 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
 
     let total = opts.events as u64;
     let watch_metrics = metrics.clone();
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stall_flag = stalled.clone();
     let done = async move {
         let finished = || -> u64 {
             Finish::ALL
@@ -174,11 +194,25 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
                 .sum()
         };
         let mut progress = Progress::new(total);
+        let mut last = (0, Instant::now());
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            progress.show(&watch_metrics, finished());
-            if finished() >= total {
+            let now_finished = finished();
+            progress.show(&watch_metrics, now_finished);
+            // Records dropped unread can never finish: count them as done.
+            if now_finished + lost_records(&watch_metrics) >= total {
                 progress.end();
+                return;
+            }
+            if now_finished != last.0 {
+                last = (now_finished, Instant::now());
+            } else if last.1.elapsed() >= STALL_AFTER {
+                progress.end();
+                stall_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                println!(
+                    "\nstalled: no event finished for {} s ({now_finished} of {total} finished); stopping",
+                    STALL_AFTER.as_secs()
+                );
                 return;
             }
         }
@@ -210,6 +244,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
     let counts = api.deletion_counts();
     let missing = expected.iter().filter(|k| !counts.contains_key(*k)).count();
     let repeated = counts.values().filter(|n| **n > 1).count();
+    let lost = lost_records(&metrics);
     println!();
     println!("summary after {:.1} s", elapsed.as_secs_f64());
     println!(
@@ -219,25 +254,33 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
     println!("  deleted             {}", finished(Finish::Deleted));
     println!("  duplicates absorbed {}", finished(Finish::Deduplicated));
     println!("  dead-lettered       {}", finished(Finish::DeadLettered));
-    let mut per_region = BTreeMap::new();
-    for r in DEMO_REGIONS {
-        let n: u64 = IdKind::ALL
-            .iter()
-            .map(|k| {
-                metrics
-                    .ids_deleted
-                    .with_label_values(&[r, k.as_str()])
-                    .get()
-            })
-            .sum();
-        per_region.insert(r, n);
-    }
-    println!("  ids deleted         {per_region:?}");
+    let per_region: Vec<String> = DEMO_REGIONS
+        .iter()
+        .map(|r| {
+            let n: u64 = IdKind::ALL
+                .iter()
+                .map(|k| {
+                    metrics
+                        .ids_deleted
+                        .with_label_values(&[r, k.as_str()])
+                        .get()
+                })
+                .sum();
+            format!("{r} {}", thousands(n))
+        })
+        .collect();
+    println!("  ids deleted         {}", per_region.join(", "));
+    let statuses = api.status_counts();
+    let successful = statuses.get(&200).copied().unwrap_or(0);
+    let answers: Vec<String> = statuses
+        .iter()
+        .map(|(status, n)| format!("{status}: {}", thousands(*n)))
+        .collect();
     println!(
-        "  API calls           {} ({:.1} ids a call), answers {:?}",
-        api.request_count(),
-        api.deleted_total() as f64 / api.request_count().max(1) as f64,
-        api.status_counts()
+        "  API calls           {} ({:.1} ids a successful call), answers {}",
+        thousands(api.request_count()),
+        api.deleted_total() as f64 / successful.max(1) as f64,
+        answers.join(", ")
     );
     let mut reasons = Vec::new();
     for r in crate::decode::DeadLetterReason::ALL {
@@ -255,14 +298,21 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         }
     );
     println!(
-        "  committed offsets   {:?}",
+        "  committed offsets   {}",
         summary
             .committed
             .iter()
-            .map(|(p, o)| format!("{}:{}", p.partition, o))
+            .map(|(p, o)| format!("partition {} at {}", p.partition, thousands(*o as u64)))
             .collect::<Vec<_>>()
+            .join(", ")
     );
-    let ok = missing == 0 && summary.unfinished_at_exit == 0;
+    if lost > 0 {
+        println!(
+            "  LOST                {} events were dropped by the in-process Kafka before they were read (see records_lost_total); their ids were never deleted",
+            thousands(lost)
+        );
+    }
+    let ok = missing == 0 && summary.unfinished_at_exit == 0 && lost == 0;
     if ok {
         println!(
             "  verified: all {} ids confirmed deleted by the fake API; {repeated} sent more than once",
@@ -270,13 +320,47 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         );
     } else {
         println!(
-            "  NOT complete: {missing} ids not deleted, {} events unfinished",
-            summary.unfinished_at_exit
+            "  NOT complete: {missing} ids not deleted, {} events unfinished{}",
+            summary.unfinished_at_exit,
+            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                " (the demo stalled)"
+            } else {
+                ""
+            }
         );
+    }
+    if opts.keep_serving {
+        println!();
+        println!("still serving http://{bound}/metrics (Ctrl-C to quit)");
+        let _ = tokio::signal::ctrl_c().await;
     }
     api.shutdown();
     drop(cluster);
     Ok(ok)
+}
+
+/// Records the in-process Kafka dropped before they were read, all partitions.
+fn lost_records(m: &Metrics) -> u64 {
+    use prometheus::core::Collector;
+    m.records_lost
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A progress line: redrawn in place on a terminal, plain lines otherwise.
@@ -299,6 +383,17 @@ impl Progress {
 
     fn show(&mut self, m: &Metrics, finished: u64) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        if m.partitions_assigned.get() == 0 && finished == 0 {
+            let line = "joining the consumer group ...";
+            if self.terminal {
+                print!("\r{line}   ");
+                let _ = std::io::stdout().flush();
+            } else if self.last_plain.elapsed() >= Duration::from_secs(2) {
+                self.last_plain = Instant::now();
+                println!("{line}");
+            }
+            return;
+        }
         let retries: u64 = DEMO_REGIONS
             .iter()
             .flat_map(|r| crate::api::RetryReason::ALL.map(|reason| (r, reason)))

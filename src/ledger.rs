@@ -696,7 +696,9 @@ impl Ledger {
             .offsets
             .partitions()
             .filter_map(|p| {
-                let (committed, next, committable, unfinished) = self.offsets.view(p)?;
+                let w = self.offsets.view(p)?;
+                let (committed, next, committable, unfinished) =
+                    (w.confirmed, w.next, w.committable, w.unfinished);
                 let oldest = oldest.get(p);
                 Some(PartitionView {
                     topic: p.topic.to_string(),

@@ -90,6 +90,17 @@ impl PartitionWatermark {
     }
 }
 
+/// One partition's watermark as the status view shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkView {
+    /// The group's last confirmed commit.
+    pub confirmed: Option<i64>,
+    /// One past the last offset read.
+    pub next: Option<i64>,
+    pub committable: Option<i64>,
+    pub unfinished: usize,
+}
+
 /// Watermarks of every partition this member owns.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
@@ -158,15 +169,15 @@ impl OffsetTracker {
         })
     }
 
-    /// One partition's watermark for the status view: (the group's last
-    /// confirmed commit, the offset after the last read, the committable
-    /// offset, unfinished offsets).
-    pub fn view(
-        &self,
-        partition: &PartitionId,
-    ) -> Option<(Option<i64>, Option<i64>, Option<i64>, usize)> {
+    /// One partition's watermark for the status view.
+    pub fn view(&self, partition: &PartitionId) -> Option<WatermarkView> {
         let w = self.partitions.get(partition)?;
-        Some((w.confirmed, w.next, w.committable(), w.unfinished()))
+        Some(WatermarkView {
+            confirmed: w.confirmed,
+            next: w.next,
+            committable: w.committable(),
+            unfinished: w.unfinished(),
+        })
     }
 
     /// Entries kept in memory over all partitions (unfinished offsets plus

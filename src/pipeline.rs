@@ -93,6 +93,79 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Collects what librdkafka says while a client is built offline, so
+/// nothing reaches the log.
+#[derive(Default)]
+struct OfflineContext {
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for OfflineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // Configuration warnings (CONFWARN) are worth showing; nothing else
+        // can happen without brokers.
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let serious = matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        );
+        if serious && fac == "CONFWARN" {
+            self.warnings
+                .lock()
+                .expect("warnings lock")
+                .push(crate::log_throttle::without_thread(message).to_string());
+        }
+    }
+
+    fn error(&self, _error: rdkafka::error::KafkaError, _reason: &str) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for OfflineContext {}
+
+impl rdkafka::producer::ProducerContext for OfflineContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Builds the consumer and the dead-letter producer from the configuration
+/// and drops them at once, without brokers (`bootstrap.servers` removed), so
+/// nothing connects: librdkafka checks every property name and value, the
+/// SASL mechanism and the TLS files as `run` would. Returns librdkafka's
+/// configuration warnings. Errors name the property and never show a secret.
+pub fn check_clients_offline(config: &Config) -> Result<Vec<String>, crate::config::ConfigError> {
+    let kafka = &config.settings.kafka;
+    let offline = |mut c: ClientConfig| {
+        c.remove("bootstrap.servers").remove("metadata.broker.list");
+        c
+    };
+    let consumer_context = OfflineContext::default();
+    let consumer: rdkafka::consumer::BaseConsumer<OfflineContext> =
+        offline(consumer_config(config))
+            .create_with_context(consumer_context)
+            .map_err(|e| kafka.client_error(&e))?;
+    let producer: rdkafka::producer::BaseProducer<OfflineContext> =
+        offline(producer_config(config))
+            .create_with_context(OfflineContext::default())
+            .map_err(|e| kafka.client_error(&e))?;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::Producer;
+    // Log lines come through the clients' queues: serve them.
+    let _ = consumer.poll(Duration::ZERO);
+    producer.poll(Duration::ZERO);
+    let mut warnings: Vec<String> = Vec::new();
+    for context in [consumer.context(), producer.context()] {
+        for w in context.warnings.lock().expect("warnings lock").iter() {
+            let w = format!("librdkafka: {}", kafka.redact(w));
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    drop(consumer);
+    drop(producer);
+    Ok(warnings)
+}
+
 fn is_consumer_only(key: &str) -> bool {
     key.starts_with("group.")
         || key.starts_with("partition.assignment")

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::health::{any_broker_up, Health};
+use crate::log_throttle::KafkaLinkLog;
 use crate::metrics::Metrics;
 
 /// The producer the dead-letter and audit writers share.
@@ -34,11 +35,16 @@ pub type RecordProducer = FutureProducer<BrokerWatch>;
 /// its statistics): an idle producer may hold no connection at all.
 pub struct BrokerWatch {
     health: Health,
+    /// Connection problems as state changes, not one line per callback.
+    link: KafkaLinkLog,
 }
 
 impl BrokerWatch {
     pub fn new(health: Health) -> Self {
-        BrokerWatch { health }
+        BrokerWatch {
+            health,
+            link: KafkaLinkLog::new("producer"),
+        }
     }
 }
 
@@ -46,16 +52,20 @@ impl ClientContext for BrokerWatch {
     fn stats(&self, stats: Statistics) {
         if any_broker_up(&stats) {
             self.health.set_kafka_connected(true);
+            self.link.up();
         }
+        self.link.tick();
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.link.librdkafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.set_kafka_connected(false);
-            tracing::error!(%reason, client = "producer", "all Kafka brokers are down");
-        } else {
-            tracing::warn!(error = %error, %reason, client = "producer", "Kafka client error");
         }
+        self.link.client_error(&error, reason);
     }
 }
 

@@ -16,12 +16,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::dead_letter::headers as dlq;
 use crate::decode::DeadLetterReason;
+use crate::log_throttle::KafkaLinkLog;
 
 /// Headers the replay adds to each replayed record.
 pub mod headers {
@@ -34,6 +35,8 @@ pub mod headers {
 }
 
 pub const DEFAULT_MAX_REPLAYS: u32 = 3;
+/// How long `replay-dlq` waits for the brokers before it gives up (exit 1).
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 30;
 
 /// Records per transaction. Small enough to stay far below
 /// `transaction.timeout.ms`, large enough to keep commits rare.
@@ -70,6 +73,9 @@ pub struct ReplayOptions {
     /// Produce to this topic instead of each record's `source_topic` header.
     #[arg(long, value_name = "TOPIC")]
     pub to: Option<String>,
+    /// Give up (exit 1) when the brokers do not answer within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout: u64,
 }
 
 impl Default for ReplayOptions {
@@ -81,6 +87,7 @@ impl Default for ReplayOptions {
             max_replays: DEFAULT_MAX_REPLAYS,
             group: None,
             to: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT_SECS,
         }
     }
 }
@@ -428,21 +435,81 @@ pub fn replay_producer_config(config: &Config, group: &str) -> ClientConfig {
 
 /// rdkafka hands every consumer error event to the context too, and its
 /// default logs each at ERROR: with `enable.partition.eof`, the normal end
-/// of every partition. The poll loop handles the errors; this only logs.
-struct ReplayContext;
+/// of every partition. The poll loop handles the errors; this only logs,
+/// connection problems as state changes (see [`KafkaLinkLog`]).
+struct ReplayContext {
+    link: KafkaLinkLog,
+}
+
+impl ReplayContext {
+    fn new(client: &'static str) -> Self {
+        ReplayContext {
+            link: KafkaLinkLog::new(client),
+        }
+    }
+}
 
 impl ClientContext for ReplayContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.link.librdkafka_log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
             return;
         }
-        tracing::warn!(error = %error, reason, "librdkafka error");
+        self.link.client_error(&error, reason);
     }
 }
 
 impl ConsumerContext for ReplayContext {}
 
+impl ProducerContext for ReplayContext {
+    type DeliveryOpaque = ();
+    // Delivery failures surface at the transaction's commit.
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
 type ReplayConsumer = BaseConsumer<ReplayContext>;
+type ReplayProducer = BaseProducer<ReplayContext>;
+
+/// Fails unless the brokers answer within `timeout` and the dead-letter
+/// topic exists; the error names the cause librdkafka reported.
+fn check_reachable(
+    consumer: &ReplayConsumer,
+    config: &Config,
+    timeout: Duration,
+) -> Result<(), String> {
+    let k = &config.settings.kafka;
+    match consumer.fetch_metadata(None, timeout) {
+        Ok(metadata) => {
+            if metadata.topics().iter().any(|t| t.name() == k.dlq_topic) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the dead-letter topic {} does not exist (or this principal may not describe it)",
+                    k.dlq_topic
+                ))
+            }
+        }
+        Err(e) => {
+            // Log lines and error events (with the cause) arrive through poll.
+            let _ = consumer.poll(Duration::ZERO);
+            let cause = consumer
+                .context()
+                .link
+                .cause()
+                .unwrap_or_else(|| e.to_string());
+            Err(format!(
+                "cannot reach the Kafka brokers {} within {} s (--connect-timeout): {}; check \
+                 kafka.brokers, the security properties and the network path",
+                k.brokers,
+                timeout.as_secs(),
+                k.redact(&cause)
+            ))
+        }
+    }
+}
 
 /// One dead-letter record, copied out of the consumer's buffer.
 struct DlqRecord {
@@ -517,7 +584,7 @@ struct Replayer<'a> {
     policy: Policy,
     limit: Option<u64>,
     /// None in a dry run.
-    producer: Option<BaseProducer>,
+    producer: Option<ReplayProducer>,
     out: &'a mut dyn Write,
     committed: Tally,
     /// The open transaction: its counts and the next offset per partition.
@@ -723,7 +790,7 @@ fn consumer_error(e: KafkaError, dlq_topic: &str) -> Result<(), String> {
 /// Queues one replayed record in the open transaction. Delivery failures
 /// surface at the commit, which then fails and the transaction is aborted.
 fn send(
-    producer: &BaseProducer,
+    producer: &ReplayProducer,
     dlq_topic: &str,
     record: &DlqRecord,
     topic: &str,
@@ -816,15 +883,21 @@ pub fn run(
     };
 
     let consumer: ReplayConsumer = replay_consumer_config(config, &group)
-        .create_with_context(ReplayContext)
-        .map_err(|e| ReplayError::Config(format!("Kafka consumer settings: {e}")))?;
-    let producer: Option<BaseProducer> = if options.dry_run {
+        .create_with_context(ReplayContext::new("replay consumer"))
+        .map_err(|e| ReplayError::Config(config.settings.kafka.client_error(&e).to_string()))?;
+    check_reachable(
+        &consumer,
+        config,
+        Duration::from_secs(options.connect_timeout.max(1)),
+    )
+    .map_err(|m| kafka_error(m, &summary))?;
+    let producer: Option<ReplayProducer> = if options.dry_run {
         // No producer at all: a dry run must not fence a real replay either.
         None
     } else {
-        let producer: BaseProducer = replay_producer_config(config, &group)
-            .create()
-            .map_err(|e| ReplayError::Config(format!("Kafka producer settings: {e}")))?;
+        let producer: ReplayProducer = replay_producer_config(config, &group)
+            .create_with_context(ReplayContext::new("replay producer"))
+            .map_err(|e| ReplayError::Config(config.settings.kafka.client_error(&e).to_string()))?;
         // Before reading the position: this aborts a transaction a crashed
         // run left open, so the committed offsets are final.
         retrying("initializing transactions", || {
@@ -879,6 +952,7 @@ pub fn run(
 /// configuration error, 1 on a Kafka error.
 pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
     crate::logging::init(&config.settings.log.format, &config.settings.log.level);
+    crate::cli::log_warnings(config);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match run(config, options, &mut out) {

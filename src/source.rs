@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::decode::{Decoded, EventDecoder};
 use crate::health::{any_broker_up, Health};
 use crate::ledger::RawRecord;
+use crate::log_throttle::KafkaLinkLog;
 use crate::metrics::Metrics;
 use crate::offsets::PartitionId;
 use crate::retention;
@@ -114,6 +115,8 @@ struct SourceContext {
     /// no LeaveGroup is sent and a restart within the session timeout gets
     /// the same partitions back with no rebalance.
     static_member: bool,
+    /// Connection problems as state changes, not one line per callback.
+    link: KafkaLinkLog,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -190,7 +193,12 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
-        self.health.set_kafka_connected(any_broker_up(&stats));
+        let up = any_broker_up(&stats);
+        self.health.set_kafka_connected(up);
+        if up {
+            self.link.up();
+        }
+        self.link.tick();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -203,17 +211,22 @@ impl ClientContext for SourceContext {
         }
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.link.librdkafka_log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.health.set_kafka_connected(false);
-                tracing::error!(%reason, "all Kafka brokers are down");
-            }
             Some(RDKafkaErrorCode::Fatal) => {
                 tracing::error!(error = %error, %reason, "fatal Kafka consumer error");
                 let _ = self.send_in_order(SourceEvent::Fatal(format!("{error}: {reason}")));
             }
-            _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
+            code => {
+                if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+                    self.health.set_kafka_connected(false);
+                }
+                self.link.client_error(&error, reason);
+            }
         }
     }
 }
@@ -254,6 +267,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 self.health.set_kafka_connected(true);
+                self.link.up();
                 if self.paused.load(Ordering::Relaxed) {
                     let _ = consumer.pause(tpl);
                 }
@@ -308,6 +322,7 @@ pub fn start(
             .client_config
             .get("group.instance.id")
             .is_some_and(|id| !id.is_empty()),
+        link: KafkaLinkLog::new("consumer"),
     };
     let consumer: BaseConsumer<SourceContext> =
         settings.client_config.create_with_context(context)?;
@@ -409,7 +424,7 @@ fn consume(
                 continue;
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
+                consumer.context().link.consumer_error(&e);
                 continue;
             }
             Some(Ok(m)) => m,

@@ -84,3 +84,134 @@ impl StatusLink {
             .ok()
     }
 }
+
+fn opt(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The report as a table for a terminal (`clevertap-deleter status`).
+pub fn render_table(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ready: {}   kafka: {}",
+        if r.ready { "yes" } else { "NO" },
+        if r.kafka_connected {
+            "connected"
+        } else {
+            "NOT connected"
+        }
+    );
+    for reason in &r.reasons {
+        let _ = writeln!(out, "  not ready: {reason}");
+    }
+    let Some(p) = &r.pipeline else {
+        out.push_str("pipeline: not running (starting or stopping)\n");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "events in memory: {}   consumption: {}",
+        p.events_in_memory,
+        if p.consumer_paused {
+            "held (backpressure)"
+        } else {
+            "running"
+        }
+    );
+    out.push_str("\nPARTITION                     COMMITTED      READ  HELD BACK  UNFINISHED  OLDEST (offset, age)\n");
+    for v in &p.partitions {
+        let oldest = match (v.oldest_unfinished_offset, v.oldest_unfinished_age_secs) {
+            (Some(o), Some(age)) => format!("{o}, {age:.0} s"),
+            _ => "-".to_string(),
+        };
+        let name = format!("{}/{}", v.topic, v.partition);
+        let _ = writeln!(
+            out,
+            "{name:<28} {:>10} {:>9} {:>10} {:>11}  {oldest}",
+            opt(v.committed),
+            opt(v.read_up_to),
+            v.held_back,
+            v.unfinished
+        );
+    }
+    if p.partitions.is_empty() {
+        out.push_str("(no partition assigned)\n");
+    }
+    out.push_str("\nREGION    ACCOUNT              HELD  IN FLIGHT  LIMIT  BATCHES\n");
+    for g in &p.regions {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<20} {:<5} {:>9} {:>6} {:>8}",
+            g.region,
+            g.account_id,
+            if g.held { "YES" } else { "no" },
+            g.in_flight,
+            g.concurrency_limit,
+            g.batches_pending
+        );
+    }
+    out.push_str("\nWRITER       STATE\n");
+    for w in &r.writers {
+        let state = match (&w.held, &w.remedy) {
+            (true, Some(remedy)) => format!("HELD: {remedy}"),
+            (true, None) => "HELD".to_string(),
+            _ => "ok".to_string(),
+        };
+        let _ = writeln!(out, "{:<12} {state}", w.writer);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_what_holds_a_partition() {
+        let report = StatusReport {
+            ready: false,
+            reasons: vec!["dead_letter writes held: topic t.dlq does not exist: create it".into()],
+            kafka_connected: true,
+            writers: vec![WriterView {
+                writer: "dead_letter".into(),
+                held: true,
+                remedy: Some("topic t.dlq does not exist: create it".into()),
+            }],
+            pipeline: Some(PipelineView {
+                events_in_memory: 1,
+                consumer_paused: false,
+                partitions: vec![PartitionView {
+                    topic: "t".into(),
+                    partition: 0,
+                    committed: Some(100),
+                    read_up_to: Some(1000),
+                    committable: Some(100),
+                    held_back: 900,
+                    unfinished: 1,
+                    oldest_unfinished_offset: Some(100),
+                    oldest_unfinished_age_secs: Some(42.0),
+                }],
+                regions: vec![RegionView {
+                    region: "eu1".into(),
+                    account_id: "ACC".into(),
+                    held: false,
+                    in_flight: 3,
+                    concurrency_limit: 10,
+                    batches_pending: 4,
+                }],
+            }),
+        };
+        let table = render_table(&report);
+        assert!(table.contains("ready: NO"), "{table}");
+        assert!(table.contains("t/0"), "{table}");
+        assert!(table.contains("900"), "{table}");
+        assert!(table.contains("100, 42 s"), "{table}");
+        assert!(
+            table.contains("HELD: topic t.dlq does not exist"),
+            "{table}"
+        );
+        assert!(table.contains("eu1"), "{table}");
+    }
+}

@@ -20,7 +20,12 @@ const URL_PASSWORD: &str = "url-pw-Kk22";
 
 /// What holds for any result of `from_toml`.
 fn check(text: &str) -> Result<(), TestCaseError> {
-    match config::from_toml(text) {
+    check_result(config::from_toml(text))
+}
+
+/// What holds for any configuration result.
+fn check_result(result: Result<config::Config, config::ConfigError>) -> Result<(), TestCaseError> {
+    match result {
         Err(e) => {
             prop_assert!(!e.key.is_empty(), "an error without a key: {e}");
             prop_assert!(!e.to_string().contains(PASSCODE), "{e}");
@@ -54,6 +59,9 @@ fn check(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(!shown.contains(PASSCODE), "{shown}");
             let debug = format!("{c:?}");
             prop_assert!(!debug.contains(PASSCODE), "Debug shows the passcode");
+            for w in &c.warnings {
+                prop_assert!(!w.contains(PASSCODE), "{w}");
+            }
         }
     }
     Ok(())
@@ -179,6 +187,94 @@ fn mutated() -> impl Strategy<Value = String> {
 fn valid_files_with_a_random_value_never_panic_and_stay_in_bounds() {
     assert!(config::from_toml(VALID).is_ok());
     run("mutated config", 10_000, mutated(), |text| check(&text));
+}
+
+/// `CLEVERTAP_DELETER__…` variables with random names (in any case) and values.
+fn env_overrides() -> impl Strategy<Value = Vec<(String, String)>> {
+    let var = prop::sample::select(vec![
+        "KAFKA__BROKERS",
+        "KAFKA__TOPICS",
+        "KAFKA__GROUP_ID",
+        "KAFKA__GROUP_INSTANCE_ID",
+        "KAFKA__DLQ_TOPIC",
+        "KAFKA__AUDIT_TOPIC",
+        "KAFKA__PROPERTIES",
+        "KAFKA__PROPERTIES__X",
+        "EVENT__ACCEPT_TYPES",
+        "EVENT__TYPE_POINTER",
+        "EVENT__DEFAULT_REGION",
+        "EVENT__MAX_IDS_PER_EVENT",
+        "BATCH__MAX_IDS",
+        "BATCH__LINGER_MS",
+        "API__DRY_RUN",
+        "API__MAX_CONCURRENCY",
+        "API__TIMEOUT_MS",
+        "API__CA_FILE",
+        "PIPELINE__REBALANCE_DRAIN_TIMEOUT_MS",
+        "REGIONS__EU1__ACCOUNT_ID",
+        "REGIONS__EU1__PASSCODE",
+        "REGIONS__Eu1__PASSCODE",
+        "REGIONS__EU1__ENDPOINT",
+        "REGIONS__EU1__ALLOW_INSECURE_ENDPOINT",
+        "REGIONS__EU1",
+        "REGIONS__US1__ACCOUNT_ID",
+        "REGIONS__US1__PASSCODE",
+        "REGIONS",
+        "AUDIT__HASH_IDS",
+        "AUDIT__SALT",
+        "LOG__FORMAT",
+        "LOG__LOG_IDS",
+        "SERVER__LISTEN",
+        "NO_SUCH_SECTION",
+        "API____X",
+    ]);
+    let value = prop_oneof![
+        "[a-zA-Z0-9:/._, -]{0,30}",
+        any::<i64>().prop_map(|n| n.to_string()),
+        prop::sample::select(vec![
+            "true",
+            "false",
+            "TRUE",
+            "yes",
+            "",
+            "0",
+            "100",
+            "2.7",
+            "-1",
+            "a,b",
+            ",",
+            " ",
+            "<passcode>",
+            "https://u:url-pw-Kk22@x",
+            "<passcode>\n",
+        ])
+        .prop_map(str::to_string),
+    ];
+    prop::collection::vec((var, value), 0..6).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(var, value)| {
+                // The tracked passcode only where a passcode goes.
+                let secret = if var.ends_with("PASSCODE") {
+                    PASSCODE
+                } else {
+                    "x"
+                };
+                (
+                    format!("CLEVERTAP_DELETER__{var}"),
+                    value.replace("<passcode>", secret),
+                )
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn environment_overrides_never_panic_and_stay_in_bounds() {
+    run("environment overrides", 5_000, env_overrides(), |envs| {
+        let pairs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        check_result(config::from_toml_and_env(VALID, &pairs))
+    });
 }
 
 #[test]

@@ -73,6 +73,29 @@ fn check_verdict(
         prop_assert!(!too_large);
         prop_assert!(std::str::from_utf8(payload).is_ok());
     }
+    // What the README promises about the type filter, checked against
+    // serde_json's reading of the payload (where it has one: it keeps the
+    // last of repeated keys, and the decoder refuses those it reads).
+    if let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(payload) {
+        let ty = event.get("type");
+        let carries_ids = ["identity", "guid"].iter().any(|k| {
+            !matches!(event.get(*k), None | Some(Value::Null))
+                && event.get(*k) != Some(&Value::Array(vec![]))
+        });
+        match verdict {
+            Decoded::Delete(_) => prop_assert_eq!(ty, Some(&Value::from("user-deleted"))),
+            Decoded::Skip => prop_assert!(
+                matches!(ty, Some(Value::String(t)) if t != "user-deleted")
+                    || !matches!(ty, Some(Value::String(_))) && !carries_ids,
+                "skipped: {:?}",
+                event
+            ),
+            Decoded::DeadLetter(r) if r.reason == DeadLetterReason::MissingType => {
+                prop_assert!(!matches!(ty, Some(Value::String(_))))
+            }
+            Decoded::DeadLetter(_) => {}
+        }
+    }
     if let Decoded::Delete(req) = verdict {
         prop_assert!(!req.ids.is_empty() && req.ids.len() <= MAX_IDS);
         let mut seen = HashSet::new();
@@ -260,6 +283,7 @@ fn event_shaped_input_respects_the_limits_and_never_names_an_id() {
     for expected in [
         "delete",
         "skip",
+        "missing_type",
         "no_id",
         "invalid_id",
         "id_too_long",
@@ -279,13 +303,17 @@ fn event_shaped_input_respects_the_limits_and_never_names_an_id() {
 /// wrapped as `{"e": event}`, with nested pointers (`/e/type`, ...: the path
 /// that builds a JSON tree).
 fn tree_decoder(default_region: Option<&str>) -> EventDecoder {
+    tree_decoder_with(default_region, MAX_MESSAGE_BYTES + 6)
+}
+
+fn tree_decoder_with(default_region: Option<&str>, max_message_bytes: usize) -> EventDecoder {
     let settings = EventSettings {
         type_pointer: "/e/type".into(),
         identity_pointer: "/e/identity".into(),
         guid_pointer: "/e/guid".into(),
         region_pointer: "/e/region".into(),
         default_region: default_region.map(str::to_string),
-        max_message_bytes: MAX_MESSAGE_BYTES + 6,
+        max_message_bytes,
         max_id_bytes: MAX_ID_BYTES,
         max_ids_per_event: MAX_IDS,
         ..EventSettings::default()
@@ -302,8 +330,11 @@ fn tree_decoder(default_region: Option<&str>) -> EventDecoder {
     EventDecoder::new(&settings, &regions)
 }
 
-/// Nesting depth outside strings (to skip inputs at the nesting limit, where
-/// the wrapper's extra level legitimately changes the verdict).
+/// serde_json refuses a document nested this deep (its recursion limit), and
+/// the decoder must refuse exactly the same, on both paths.
+const DEPTH_LIMIT: usize = 128;
+
+/// Nesting depth outside strings.
 fn depth(payload: &[u8]) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for &b in payload {
@@ -329,21 +360,47 @@ fn depth(payload: &[u8]) -> usize {
     max
 }
 
+fn is_not_json(d: &Decoded) -> bool {
+    matches!(d, Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson)
+}
+
 fn same_verdict_both_ways(
     flat: &EventDecoder,
     tree: &EventDecoder,
     payload: &[u8],
 ) -> Result<(), TestCaseError> {
-    // Only one JSON document can be wrapped faithfully: `"a","type":"x"` is
-    // not JSON, but `{"e":"a","type":"x"}` is (found by the 5M-case run).
-    if depth(payload) >= 127 || serde_json::from_slice::<Value>(payload).is_err() {
-        return Ok(());
-    }
     let mut wrapped = b"{\"e\":".to_vec();
     wrapped.extend_from_slice(payload);
     wrapped.push(b'}');
     let a = flat.decode(Some(payload));
     let b = tree.decode(Some(&wrapped));
+    let shown = String::from_utf8_lossy(payload);
+    // At and beyond the depth limit: refused both ways, whatever else the
+    // payload is (once it passed the earlier checks: not empty, size, UTF-8).
+    if !payload.is_empty()
+        && payload.len() <= MAX_MESSAGE_BYTES
+        && std::str::from_utf8(payload).is_ok()
+    {
+        let depth = depth(payload);
+        prop_assert!(depth < DEPTH_LIMIT || is_not_json(&a), "{}: {:?}", shown, a);
+        prop_assert!(
+            depth + 1 < DEPTH_LIMIT || is_not_json(&b),
+            "{}: {:?}",
+            shown,
+            b
+        );
+    }
+    // Only one JSON document can be wrapped faithfully: `"a","type":"x"` is
+    // not JSON, but `{"e":"a","type":"x"}` is (found by the 5M-case run).
+    if serde_json::from_slice::<Value>(payload).is_err() {
+        return Ok(());
+    }
+    // What serde_json reads (at depth 127 at most), the fast path reads too.
+    prop_assert!(!is_not_json(&a), "{}: {:?}", shown, a);
+    if depth(payload) + 1 >= DEPTH_LIMIT {
+        // The wrapper's extra level crosses the limit: checked above.
+        return Ok(());
+    }
     let summary = |d: &Decoded| match d {
         Decoded::DeadLetter(r) => format!("dead letter: {}", r.reason),
         other => format!("{other:?}"),
@@ -355,6 +412,41 @@ fn same_verdict_both_ways(
         String::from_utf8_lossy(payload)
     );
     Ok(())
+}
+
+/// Events with a value nested close to the depth limit: in a field the
+/// decoder reads or one it skips, or around the whole event; arrays, with
+/// some objects.
+fn near_the_depth_limit() -> impl Strategy<Value = Vec<u8>> {
+    (
+        event(),
+        prop::collection::vec(prop::bool::weighted(0.15), 118..=130),
+        prop::sample::select(vec!["", "x", "identity", "guid", "region", "type"]),
+    )
+        .prop_map(|((event, _), levels, field)| {
+            let open: String = levels
+                .iter()
+                .map(|&object| if object { "{\"\":" } else { "[" })
+                .collect();
+            let close: String = levels
+                .iter()
+                .rev()
+                .map(|&object| if object { "}" } else { "]" })
+                .collect();
+            let Value::Object(mut map) = event else {
+                unreachable!()
+            };
+            if field.is_empty() {
+                return format!("{open}{}{close}", Value::Object(map)).into_bytes();
+            }
+            map.remove(field);
+            let mut text = Value::Object(map).to_string();
+            text.pop();
+            if text.len() > 1 {
+                text.push(',');
+            }
+            format!("{text}\"{field}\":{open}\"u-0123456789\"{close}}}").into_bytes()
+        })
 }
 
 #[test]
@@ -381,6 +473,7 @@ fn fast_path_and_json_tree_agree() {
         )
         .prop_map(|parts| parts.concat().into_bytes()),
         1 => prop::collection::vec(any::<u8>(), 0..64),
+        1 => near_the_depth_limit(),
     ];
     run("fast path vs JSON tree", 20_000, inputs, |payload| {
         for (f, t) in flat.iter().zip(&tree) {
@@ -390,16 +483,22 @@ fn fast_path_and_json_tree_agree() {
     });
 }
 
-/// Nesting far beyond serde_json's recursion limit (128), balanced or not,
-/// arrays, objects and both: refused as not_json, never a stack overflow.
+/// Nesting around and far beyond serde_json's recursion limit (a document
+/// 128 deep is refused), balanced or not, arrays, objects and both: refused
+/// as not_json from exactly that depth on, never a stack overflow.
 #[test]
 fn deep_nesting_is_refused_without_overflowing_the_stack() {
     let d = decoder(Some("eu1"), 4 << 20);
+    let tree = tree_decoder_with(Some("eu1"), 4 << 20);
     // Each case builds up to a few MB of text: PROPTEST_CASES is capped here.
     run_cases(
         "deep nesting",
         cases(300).min(10_000),
-        (0usize..200_000, 0u8..4, any::<bool>()),
+        (
+            prop_oneof![0usize..200_000, 55usize..70, 118usize..135],
+            0u8..4,
+            any::<bool>(),
+        ),
         |(depth, shape, balanced)| {
             let (open, close) = match shape {
                 0 => ("[".to_string(), "]".to_string()),
@@ -416,22 +515,154 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
             text.push('}');
             let verdict = d.decode(Some(text.as_bytes()));
             check_verdict(text.as_bytes(), &verdict, 4 << 20)?;
-            let levels = depth * if shape >= 2 { 2 } else { 1 };
-            if levels > 130 || !balanced && depth > 0 {
-                prop_assert!(
-                    matches!(&verdict, Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson),
-                    "depth {depth} shape {shape}: {verdict:?}"
-                );
+            // The same event one level deeper, read through the JSON tree.
+            let wrapped = format!("{{\"e\":{text}}}");
+            let tree_verdict = tree.decode(Some(wrapped.as_bytes()));
+            // The outer object, and one or two levels per repetition.
+            let levels = 1 + depth * if shape >= 2 { 2 } else { 1 };
+            for (levels, verdict) in [(levels, verdict), (levels + 1, tree_verdict)] {
+                if levels >= DEPTH_LIMIT || !balanced && depth > 0 {
+                    prop_assert!(
+                        is_not_json(&verdict),
+                        "{levels} levels, shape {shape}: {verdict:?}"
+                    );
+                } else {
+                    prop_assert!(
+                        matches!(verdict, Decoded::Delete(_)),
+                        "{levels} levels, shape {shape}: {verdict:?}"
+                    );
+                }
             }
-            if balanced && levels < 100 {
-                prop_assert!(
-                    matches!(verdict, Decoded::Delete(_)),
-                    "depth {depth} shape {shape}: {verdict:?}"
+            Ok(())
+        },
+    );
+}
+
+/// A small value for a repeated key.
+fn small_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        prop::sample::select(vec![
+            "user-deleted",
+            "user-created",
+            "eu1",
+            "in1",
+            "mars",
+            "",
+            "u-0123456789",
+        ])
+        .prop_map(Value::from),
+        any::<i32>().prop_map(Value::from),
+        prop::collection::vec("[a-z0-9]{10,12}", 0..3).prop_map(Value::from),
+        Just(serde_json::json!({"id": "u-9876543210"})),
+    ]
+}
+
+/// `{...}` with the entries in this order, repeats and all.
+fn object_text(entries: &[(String, Value)]) -> String {
+    let parts: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// The README's rules for a key that appears twice in an event: a repeated
+/// `type` is always `duplicate_key`; a repeated id or region key is
+/// `duplicate_key` in a deletion event, does not matter in another event
+/// type, and in an event without a type a repeated id key counts as ids
+/// (`missing_type`). Keys the decoder does not read (including near misses
+/// such as `Type`) may repeat without changing anything. The JSON-tree path
+/// agrees, and a repeated key on the way to the fields (`{"e":..,"e":..}`
+/// with pointers `/e/...`) is `duplicate_key` too.
+#[test]
+fn repeated_keys_follow_the_rules() {
+    let flat = [
+        decoder(Some("eu1"), 4 * MAX_MESSAGE_BYTES),
+        decoder(None, 4 * MAX_MESSAGE_BYTES),
+    ];
+    let tree = [
+        tree_decoder_with(Some("eu1"), 4 * MAX_MESSAGE_BYTES),
+        tree_decoder_with(None, 4 * MAX_MESSAGE_BYTES),
+    ];
+    let outcomes = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let inputs = (
+        event(),
+        prop::sample::select(vec![
+            "type", "identity", "guid", "region", "x", "Type", "guid ", "id", "user",
+        ]),
+        small_value(),
+        small_value(),
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+    );
+    run(
+        "repeated keys",
+        5_000,
+        inputs,
+        |((event, _), key, v1, v2, at1, at2)| {
+            let Value::Object(event) = event else {
+                unreachable!()
+            };
+            let ty = event.get("type").cloned();
+            let first = event.get(key).cloned().unwrap_or(v1);
+            let mut once: Vec<(String, Value)> =
+                event.into_iter().filter(|(k, _)| k != key).collect();
+            once.insert(at1.index(once.len() + 1), (key.to_string(), first));
+            let mut twice = once.clone();
+            twice.insert(at2.index(twice.len() + 1), (key.to_string(), v2));
+            let (once, twice) = (object_text(&once), object_text(&twice));
+
+            let expected = match key {
+                "type" => Some("duplicate_key"),
+                "identity" | "guid" | "region" => match &ty {
+                    Some(Value::String(t)) if t == "user-deleted" => Some("duplicate_key"),
+                    Some(Value::String(_)) => Some("skip"),
+                    // No type: the ids decide, and a repeated id key is ids.
+                    _ if key != "region" => Some("missing_type"),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let name = |d: &Decoded| match d {
+                Decoded::Delete(_) => "delete".to_string(),
+                Decoded::Skip => "skip".to_string(),
+                Decoded::DeadLetter(r) => r.reason.as_str().to_string(),
+            };
+            for (f, t) in flat.iter().zip(&tree) {
+                let got = name(&f.decode(Some(twice.as_bytes())));
+                // Unread keys, or a region in an event without a type: as if
+                // the key appeared once.
+                let want =
+                    expected.map_or_else(|| name(&f.decode(Some(once.as_bytes()))), str::to_string);
+                prop_assert_eq!(&got, &want, "{}", twice);
+                *outcomes.lock().unwrap().entry(got.clone()).or_default() += 1;
+                let wrapped = format!("{{\"e\":{twice}}}");
+                prop_assert_eq!(
+                    name(&t.decode(Some(wrapped.as_bytes()))),
+                    got,
+                    "{}",
+                    wrapped
+                );
+                let doubled = format!("{{\"e\":{once},\"e\":{once}}}");
+                prop_assert_eq!(
+                    name(&t.decode(Some(doubled.as_bytes()))),
+                    "duplicate_key",
+                    "{}",
+                    doubled
                 );
             }
             Ok(())
         },
     );
+    let outcomes = outcomes.into_inner().unwrap();
+    eprintln!("repeated keys outcomes: {outcomes:?}");
+    for expected in ["duplicate_key", "skip", "missing_type", "delete"] {
+        assert!(
+            outcomes.get(expected).copied().unwrap_or(0) > 0,
+            "no case reached `{expected}`: {outcomes:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- regressions

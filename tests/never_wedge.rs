@@ -124,6 +124,41 @@ async fn a_dead_letter_topic_that_refuses_writes_holds_visibly_and_shutdown_does
     // The commit of the tick that saw it may still be on its way.
     s.wait_committed(vec![100], Duration::from_secs(10)).await;
 
+    // The status view says what holds the partition, from the binary too.
+    let (addr, _server) = clevertap_deleter::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        running.metrics.clone(),
+        running.health.clone(),
+    )
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clevertap-deleter"))
+            .args(["status", "--url", &format!("http://{addr}")])
+            .output()
+            .expect("run status")
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("ready: NO"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{}/0", s.topic)))
+        .unwrap_or_else(|| panic!("no partition row: {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "100", "committed: {row}");
+    assert_eq!(cells[2], "1000", "read up to: {row}");
+    assert_eq!(cells[3], "900", "held back: {row}");
+    assert!(row.contains("100, "), "the oldest unfinished event: {row}");
+    assert!(
+        table.contains(&format!(
+            "HELD: not authorized to write to topic {dlq_topic}"
+        )),
+        "{table}"
+    );
+
     // Shutdown ends the held write instead of waiting for it.
     let stopping = Instant::now();
     let summary = running.stop().await.unwrap();

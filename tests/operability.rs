@@ -1217,3 +1217,25 @@ async fn json_logs_are_json_and_batch_lines_carry_their_fields() {
         );
     }
 }
+
+/// The README's table of dead-letter reasons lists exactly the reasons the
+/// code writes (`DeadLetterReason::ALL`, also what `replay-dlq --reason` takes).
+#[test]
+fn readme_lists_every_dead_letter_reason() {
+    use clevertap_deleter::decode::DeadLetterReason;
+    let readme = read("README.md");
+    let section = readme
+        .split("\n## Dead-letter topic\n")
+        .nth(1)
+        .expect("README has a Dead-letter topic section");
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| `reason` | meaning |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('`').nth(1).expect("a `reason` cell"))
+        .collect();
+    let written: BTreeSet<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(written.len(), DeadLetterReason::ALL.len(), "distinct names");
+    assert_eq!(documented, written);
+}
