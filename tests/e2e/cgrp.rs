@@ -134,7 +134,10 @@ impl Member {
                         events.push((t, Event::CommitResult(n, result.trim().to_string())));
                     }
                 }
-            } else if m.contains("current assignment of") && m.contains("lost") {
+            } else if (m.contains("current assignment of") && m.contains("lost"))
+                || m.contains("Revoking assignment as lost")
+                || (m.contains(" REBALANCE ") && m.contains(" (lost): "))
+            {
                 events.push((t, Event::Lost));
             }
         }
