@@ -8,20 +8,28 @@
 //! 3. the same with the fake answering after 50 ms, compared with the API's
 //!    ceiling `accounts * max_concurrency * 100 ids / 0.05 s`.
 //!
-//! The broker (librdkafka's mock cluster) runs in a child process and the
-//! daemon in another, so CPU seconds and peak memory are each process's own:
+//! The three cases run on each broker, one after the other: librdkafka's
+//! mock cluster (in a child process), then Apache Kafka 4.4.0 (a 1-node
+//! cluster started with deploy/local-kafka/local-kafka, needs Java and
+//! Maven; skipped with a printed reason without them). The daemon runs in a
+//! process of its own, so CPU seconds and peak memory are each process's own:
 //! case 1 is this process while only the consumer runs, cases 2 and 3 are the
 //! daemon process. Rates are timed from the first message consumed to the last
-//! one finished, so joining the group is not counted.
+//! one finished, so joining the group is not counted. Ratios compare cases on
+//! the same broker in the same run.
 //!
 //! Environment: BENCH_EVENTS (default 500000), BENCH_PARTITIONS (24),
 //! BENCH_LATENCY_MS (50), BENCH_MAX_EVENTS_IN_MEMORY (daemon default),
-//! KAFKA_BROKERS (a real cluster instead of the mock; the topic must not exist).
+//! BENCH_BROKER (`mock`, `local-kafka`, or both when unset), KAFKA_BROKERS (an
+//! existing cluster instead of both; the bench creates its topics).
 //! Writes `target/bench-throughput.json`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/e2e/local_kafka.rs"]
+mod local_kafka;
 
 use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
 use clevertap_deleter::synth::{generate, SynthSpec};
@@ -307,17 +315,15 @@ fn main() {
     // `cargo bench` passes --bench; any other argument is ignored.
     let total: usize = env_or("BENCH_EVENTS", 500_000);
     let partitions: i32 = env_or("BENCH_PARTITIONS", 24);
-    let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-
-    let topic = format!("bench-{}", std::process::id());
-    let mut _broker = None;
-    let brokers = match std::env::var("KAFKA_BROKERS") {
-        Ok(b) => b,
-        Err(_) => {
+    let choice = std::env::var("BENCH_BROKER").unwrap_or_default();
+    let mut all = Vec::new();
+    if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
+        let topic = format!("bench-{}", std::process::id());
+        create_topics(&brokers, &topic, partitions);
+        all.push(run_on("KAFKA_BROKERS", &brokers, &topic, total, partitions));
+    } else {
+        if choice.is_empty() || choice == "mock" {
+            let topic = format!("bench-{}", std::process::id());
             let mut child = Command::new(std::env::current_exe().expect("own path"))
                 .args(["--mock-broker", &topic, &partitions.to_string()])
                 .stdin(Stdio::piped())
@@ -328,11 +334,114 @@ fn main() {
             BufReader::new(child.stdout.take().expect("stdout"))
                 .read_line(&mut line)
                 .expect("bootstrap address");
-            _broker = Some(Reaped(child));
-            line.trim().to_string()
+            let _broker = Reaped(child);
+            all.push(run_on(
+                "mock cluster (child process)",
+                line.trim(),
+                &topic,
+                total,
+                partitions,
+            ));
         }
-    };
+        if choice.is_empty() || choice == "local-kafka" {
+            match local_kafka::missing_prerequisite(false) {
+                Some(missing) if choice.is_empty() => {
+                    eprintln!("Apache Kafka case SKIPPED: {missing}");
+                }
+                Some(missing) => panic!("BENCH_BROKER=local-kafka: {missing}"),
+                None => {
+                    let kafka = local_kafka::LocalKafka::start(1, false);
+                    let topic = format!("bench-{}", std::process::id());
+                    create_topics(&kafka.bootstrap, &topic, partitions);
+                    all.push(run_on(
+                        "Apache Kafka 4.4.0, 1 node (local-kafka)",
+                        &kafka.bootstrap,
+                        &topic,
+                        total,
+                        partitions,
+                    ));
+                }
+            }
+        }
+    }
+    for (broker, results) in &all {
+        print_table(broker, results);
+    }
+    let target_dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = format!("{target_dir}/bench-throughput.json");
+    let json: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(broker, results)| serde_json::json!({ "broker": broker, "cases": results }))
+        .collect();
+    match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
+        Ok(()) => println!("written: {path}"),
+        Err(e) => eprintln!("cannot write {path}: {e}"),
+    }
+}
 
+/// The source topic and its dead-letter topic on a real cluster.
+fn create_topics(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let dlq = format!("{topic}.dlq");
+    let topics = [
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(-1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for result in runtime
+        .block_on(admin.create_topics(&topics, &options))
+        .expect("create topics")
+    {
+        result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+    // Until every partition has a leader.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ready = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().first().map(|t| {
+                    t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{topic}: not every partition has a leader after 30 s");
+}
+
+/// The three cases on one broker; returns its label and results.
+fn run_on(
+    label: &str,
+    brokers: &str,
+    topic: &str,
+    total: usize,
+    partitions: i32,
+) -> (String, Vec<CaseResult>) {
+    let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let brokers = brokers.to_string();
     eprintln!("producing {total} events to {topic} ({partitions} partitions) at {brokers}...");
     let events = generate(&SynthSpec {
         count: total,
@@ -361,7 +470,7 @@ fn main() {
     for (i, e) in events.iter().enumerate() {
         let partition = (i % partitions as usize) as i32;
         end[partition as usize] += 1;
-        let mut record = BaseRecord::to(&topic)
+        let mut record = BaseRecord::to(topic)
             .key(e.key.as_bytes())
             .payload(&e.payload[..])
             .partition(partition);
@@ -383,7 +492,7 @@ fn main() {
 
     // 1. The ceiling, in this process (the broker is another process).
     let cpu_before = cpu_seconds("self");
-    let plain_secs = plain_consumer(&brokers, &topic, total);
+    let plain_secs = plain_consumer(&brokers, topic, total);
     let plain_cpu = (cpu_seconds("self") - cpu_before) / total as f64 * 1e6;
     let plain_rate = total as f64 / plain_secs;
     results.push(CaseResult {
@@ -403,7 +512,7 @@ fn main() {
     let api = runtime.block_on(fake(Duration::ZERO));
     let run = daemon(
         &brokers,
-        &topic,
+        topic,
         "bench-pipeline",
         &api.endpoint(),
         total,
@@ -434,7 +543,7 @@ fn main() {
     let api = runtime.block_on(fake(latency));
     let run = daemon(
         &brokers,
-        &topic,
+        topic,
         "bench-api-bound",
         &api.endpoint(),
         total,
@@ -461,16 +570,21 @@ fn main() {
     });
     api.shutdown();
 
-    println!();
     println!(
-        "{total} events, {avg_bytes} bytes on average, {distinct_ids} distinct ids, {partitions} partitions, broker: {}",
-        if _broker.is_some() { "mock cluster (child process)" } else { "KAFKA_BROKERS" }
+        "{label}: {total} events, {avg_bytes} bytes on average, {distinct_ids} distinct ids, \
+         {partitions} partitions"
     );
+    (label.to_string(), results)
+}
+
+fn print_table(broker: &str, results: &[CaseResult]) {
+    println!();
+    println!("broker: {broker}");
     println!(
         "{:<34} {:>10} {:>7} {:>11} {:>9} {:>9} {:>9}",
         "case", "events/s", "ratio", "CPU s/M ev", "peak MiB", "ids/call", "ids/s"
     );
-    for r in &results {
+    for r in results {
         println!(
             "{:<34} {:>10.0} {:>7.3} {:>11.2} {:>9.1} {:>9} {:>9}",
             r.case,
@@ -483,13 +597,8 @@ fn main() {
         );
     }
     println!(
-        "ratio: daemon rows against the plain consumer; the API-bound row against {}",
+        "ratio: daemon rows against the plain consumer on the same broker; the API-bound row \
+         against {}",
         results[2].ceiling
     );
-    let target_dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{target_dir}/bench-throughput.json");
-    match std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json")) {
-        Ok(()) => println!("written: {path}"),
-        Err(e) => eprintln!("cannot write {path}: {e}"),
-    }
 }

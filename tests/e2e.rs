@@ -1,12 +1,16 @@
 //! End to end against a real broker: the compiled daemon as a separate process
-//! (`clevertap-deleter run --config FILE`), a Kafka-compatible broker (tansu
-//! started by the tests, or the cluster named by `KAFKA_BROKERS`) and the fake
-//! CleverTap API. Crashes, restarts, rebalances, broker and API outages, API
-//! faults. See README "Real-broker tests".
+//! (`clevertap-deleter run --config FILE`), Apache Kafka (started by the tests
+//! with `deploy/local-kafka/local-kafka`, the cluster named by
+//! `KAFKA_BROKERS`, or a testcontainers container with
+//! `E2E_BROKER=testcontainers`) and the fake CleverTap API. Crashes,
+//! restarts, rebalances under both group protocols, a fenced zombie, broker
+//! and API outages, API faults. See README "Real-broker tests".
 //!
-//! Without a broker every test prints one line saying why and passes.
-//! The scenarios run one at a time (they share two cores and measure time
-//! and memory); `--nocapture` shows their figures.
+//! A scenario that cannot run here fails, naming what is missing, unless
+//! `E2E_ALLOW_SKIP=1`. The scenarios run one at a time (they share two cores
+//! and measure time and memory); `--nocapture` shows their figures.
+//! 3-node scenarios: `tests/e2e_cluster.rs`; replay-dlq's transactions:
+//! `tests/e2e_replay.rs`; SASL/TLS: `tests/e2e_security.rs`.
 
 #[path = "e2e/broker.rs"]
 mod broker;
@@ -17,212 +21,26 @@ mod check;
 mod common;
 #[path = "e2e/daemon.rs"]
 mod daemon;
+#[path = "e2e/local_kafka.rs"]
+mod local_kafka;
+#[path = "e2e/world.rs"]
+mod world;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::fake_api::Faults;
-use clevertap_deleter::synth::{generate, SynthEvent, SynthSpec};
+use clevertap_deleter::synth::{generate, SynthSpec};
 use clevertap_deleter::{pipeline, source};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use broker::{Broker, Produced, Target};
-use check::{verify, wait_fully_committed, CommitSampler, Expected};
-use common::unique;
-use daemon::{config_toml, daemon_port, metric_sum, Api, Daemon};
-
-/// One scenario at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The start of a scenario: the broker to use (`None`: skipped, the reason
-/// printed), the lock that runs scenarios one at a time, and a fresh topic
-/// with `partitions` partitions.
-fn begin(name: &str, partitions: i32) -> Option<(Target, MutexGuard<'static, ()>, World)> {
-    let target = broker::target()?;
-    let serial = serial();
-    let world = World::new(&target, name, partitions);
-    Some((target, serial, world))
-}
-
-/// A scenario's world: its broker, topic and group names, a runtime for the
-/// producer.
-struct World {
-    broker: Broker,
-    topic: String,
-    group: String,
-    partitions: i32,
-    rt: tokio::runtime::Runtime,
-}
-
-impl World {
-    fn new(target: &Target, name: &str, partitions: i32) -> World {
-        let broker = Broker::for_target(target);
-        let topic = unique(&format!("e2e-{name}"));
-        broker.create_topic(&topic, partitions);
-        broker.create_topic(&format!("{topic}.dlq"), 1);
-        World {
-            broker,
-            partitions,
-            group: format!("{topic}-group"),
-            topic,
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime"),
-        }
-    }
-
-    /// Synthetic events: three regions, 20 % repeats, identity and guid,
-    /// arrays, 2 % poison.
-    fn produce(&self, count: usize, seed: u64) -> (Produced, Duration) {
-        let events = generate(&SynthSpec {
-            count,
-            seed,
-            ..SynthSpec::default()
-        });
-        self.produce_events(events, 0)
-    }
-
-    /// Produces `events`, round robin from partition `first % partitions`.
-    fn produce_events(&self, events: Vec<SynthEvent>, first: usize) -> (Produced, Duration) {
-        let started = Instant::now();
-        let produced = self.rt.block_on(broker::produce(
-            &self.broker,
-            &self.topic,
-            self.partitions,
-            first,
-            events,
-        ));
-        (produced, started.elapsed())
-    }
-
-    fn config(&self, api: &Api, port: u16, extra: &str) -> String {
-        // tansu 0.6.0 quirk: it serves storage requests one at a time, so a
-        // large fetch (librdkafka asks for up to 50 MiB) holds up the group's
-        // heartbeats; with the daemon reading a backlog at full speed a
-        // session (6 s) could expire and tansu then fail to re-form the
-        // group (see restart_delay). Smaller fetches against tansu only.
-        let tansu = if self.broker.tansu.is_some() {
-            "[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"\n\
-             \"max.partition.fetch.bytes\" = \"262144\"\n"
-        } else {
-            ""
-        };
-        let base = config_toml(
-            &self.broker.bootstrap,
-            &self.topic,
-            &self.group,
-            &api.endpoint(),
-            port,
-            tansu,
-        );
-        common::merge_toml(&base, extra)
-    }
-
-    /// Starts a daemon. Debugging aids: `E2E_DAEMON_RUST_LOG` becomes its
-    /// RUST_LOG (e.g. `info,librdkafka=debug`), `E2E_KAFKA_DEBUG` its
-    /// librdkafka `debug` property (e.g. `cgrp`).
-    fn daemon(&self, name: &str, api: &Api, extra: &str) -> Daemon {
-        self.daemon_with(name, api, extra, &[])
-    }
-
-    fn daemon_with(&self, name: &str, api: &Api, extra: &str, envs: &[(&str, &str)]) -> Daemon {
-        let port = daemon_port();
-        let mut config = self.config(api, port, extra);
-        if let Ok(debug) = std::env::var("E2E_KAFKA_DEBUG") {
-            config = common::merge_toml(
-                &config,
-                &format!("[kafka.properties]\n\"debug\" = \"{debug}\"\n"),
-            );
-        }
-        let rust_log = std::env::var("E2E_DAEMON_RUST_LOG").ok();
-        let mut envs = envs.to_vec();
-        envs.extend(rust_log.iter().map(|v| ("RUST_LOG", v.as_str())));
-        let mut d = Daemon::start(name, &config, port, &envs);
-        d.wait_serving();
-        d
-    }
-}
-
-fn per_sec(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
-
-/// Polls until `done` or panics after `timeout`, checking the daemons are alive.
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    daemons: &mut [&mut Daemon],
-    mut done: impl FnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return started.elapsed();
-        }
-        for d in daemons.iter_mut() {
-            d.assert_running();
-        }
-        if started.elapsed() >= timeout {
-            let logs: String = daemons.iter().map(|d| d.log_tail(40)).collect();
-            panic!("timed out after {timeout:?} waiting for: {what}\n{logs}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// How long a replacement waits after a kill -9 before it starts.
-///
-/// tansu 0.6.0 quirk: if a member joins while the group's leader is dead
-/// but not yet evicted (evictions happen lazily, once session.timeout.ms has
-/// passed, on the next group request), the eviction can happen in the middle
-/// of the newcomer's join, during its SyncGroup; tansu then takes the
-/// follower's empty SyncGroup as the leader's assignment and forms a group in
-/// which nobody owns any partition, for good (no later heartbeat asks for a
-/// rebalance). So against tansu the replacement starts once the dead member's
-/// session (6 s) has expired; its JoinGroup then evicts the dead member first
-/// and it becomes the leader. A real Kafka needs no delay.
-fn restart_delay(target: &Target) -> Duration {
-    if target.is_tansu() {
-        Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)
-    } else {
-        Duration::ZERO
-    }
-}
-
-/// `session.timeout.ms` of the daemons (see daemon::config_toml).
-const SESSION_TIMEOUT_MS: u64 = 6_000;
-
-/// Sum of the committed offsets (-1 counts as 0): events behind the group.
-fn committed_events(committed: &[i64]) -> i64 {
-    committed.iter().map(|&c| c.max(0)).sum()
-}
-
-/// A daemon's counters worth reporting when it stops.
-fn replica_figures(name: &str, metrics: &str) -> String {
-    let m = |series: &str| common::metric(metrics, series);
-    let mut out = format!(
-        "{name}: consumed {}, assign {}, revoke {}, commits ok {} failed {}, late acks dropped {}",
-        metric_sum(metrics, "clevertap_deleter_events_consumed_total"),
-        m("clevertap_deleter_rebalances_total{kind=\"assign\"}"),
-        m("clevertap_deleter_rebalances_total{kind=\"revoke\"}"),
-        m("clevertap_deleter_commits_total{result=\"success\"}"),
-        m("clevertap_deleter_commits_total{result=\"failure\"}"),
-        m("clevertap_deleter_late_acks_dropped_total"),
-    );
-    if daemon::has_metric(metrics, "clevertap_deleter_redelivered_events_total") {
-        out.push_str(&format!(
-            ", redelivered {}",
-            metric_sum(metrics, "clevertap_deleter_redelivered_events_total")
-        ));
-    }
-    out
-}
+use check::{verify, wait_fully_committed, Expected};
+use daemon::{metric_sum, Api, Daemon};
+use world::{
+    assigned, begin, committed_events, per_sec, ready, replica_figures, serial, wait_until,
+    Protocol, World,
+};
 
 // ------------------------------------------------------------------ 1. steady
 
@@ -230,7 +48,7 @@ fn replica_figures(name: &str, metrics: &str) -> String {
 /// 20,000 produced while it runs. Every id is deleted exactly once.
 #[test]
 fn e2e_1_steady_run_deletes_each_id_exactly_once() {
-    let Some((_target, _serial, world)) = begin("steady", 6) else {
+    let Some((_serial, world)) = begin("steady", 6) else {
         return;
     };
     let mut events = generate(&SynthSpec {
@@ -246,6 +64,14 @@ fn e2e_1_steady_run_deletes_each_id_exactly_once() {
     );
 
     let api = Api::start(Duration::from_millis(10), Faults::default());
+    // Not every event is known yet: the sampler only watches for moves back.
+    let sampler = check::CommitSampler::backwards_only(
+        &world.broker,
+        &world.topic,
+        world.partitions,
+        &world.group,
+        Duration::from_millis(100),
+    );
     let started = Instant::now();
     let mut d = world.daemon("steady", &api, "");
     let (more, _) = world.produce_events(later, 40_000);
@@ -258,13 +84,15 @@ fn e2e_1_steady_run_deletes_each_id_exactly_once() {
     let mem = d.memory();
     let status = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    let samples = sampler.finish();
 
     let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
     println!(
         "[1 steady] all committed {took:.1?} after start ({:.0} events/s); {outcome}; \
-         daemon (VmRSS, VmHWM) KiB {mem:?}",
+         daemon (VmRSS, VmHWM) KiB {mem:?}; {samples}",
         per_sec(expected.events(), took)
     );
+    samples.assert_strict("1 steady", 0);
     assert_eq!(
         outcome.ids_deleted_more_than_once, 0,
         "no id is sent twice in a steady run"
@@ -298,13 +126,14 @@ struct Kill {
 /// not committed.
 #[test]
 fn e2e_2_kill9_three_times_loses_nothing() {
-    let Some((target, _serial, world)) = begin("kill9", 6) else {
+    let Some((_serial, world)) = begin("kill9", 6) else {
         return;
     };
     let partitions = world.partitions;
     let (produced, _) = world.produce(80_000, 202);
-    let expected = Expected::new(&produced);
+    let expected = Arc::new(Expected::new(&produced));
     let api = Api::start(Duration::from_millis(10), Faults::default());
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(200));
     let seed: u64 = std::env::var("E2E_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -336,8 +165,8 @@ fn e2e_2_kill9_three_times_loses_nothing() {
         let metrics = d.metrics().unwrap_or_default();
         d.kill9();
         // Let requests that reached the fake before the kill finish there,
-        // and commits that reached the broker land: tansu sometimes takes
-        // seconds for one, so read until two reads a second apart agree.
+        // and a commit the broker had received land: read until two reads a
+        // second apart agree.
         std::thread::sleep(Duration::from_millis(500));
         let mut committed: Vec<i64> = Vec::new();
         for _ in 0..15 {
@@ -361,7 +190,7 @@ fn e2e_2_kill9_three_times_loses_nothing() {
             committed,
             deleted: api.deletion_counts(),
         });
-        std::thread::sleep(restart_delay(&target));
+        // Restarted at once: Kafka needs no delay (see README "Broker quirks").
         d = world.daemon(&format!("kill9-{}", k + 1), &api, "");
     }
     let restarted = Instant::now();
@@ -369,7 +198,10 @@ fn e2e_2_kill9_three_times_loses_nothing() {
     let drained = restarted.elapsed();
     let status = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
+    println!("[2 kill -9] {samples}");
+    samples.assert_strict("2 kill -9", expected.events() / 2);
 
     // The bound: an id may be deleted again only after a crash that caught it
     // already deleted while an event asking for it was not committed yet
@@ -442,7 +274,7 @@ fn e2e_2_kill9_three_times_loses_nothing() {
 /// the client timeout: nothing lost, nothing committed before it finished.
 #[test]
 fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
-    let Some((_target, _serial, world)) = begin("faults", 6) else {
+    let Some((_serial, world)) = begin("faults", 6) else {
         return;
     };
     let (produced, _) = world.produce(60_000, 303);
@@ -460,15 +292,9 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
             retry_after_secs: None,
         },
     );
-    let sampler = CommitSampler::start(
-        &world.broker,
-        expected.clone(),
-        &world.group,
-        vec![api.fake.clone()],
-        Duration::from_millis(100),
-    );
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(100));
     let started = Instant::now();
-    let mut d = world.daemon("faults", &api, "");
+    let mut d = world.daemon("faults", &api, "[api]\ntimeout_ms = 2000\n");
     let reader = world.broker.offsets_reader(&world.group);
     wait_fully_committed(&reader, &expected, Duration::from_secs(150), &mut [&mut d]);
     let took = started.elapsed();
@@ -492,30 +318,11 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
     let timeouts = requests("timeout");
     println!(
         "[3 faults] drained in {took:.1?}; {outcome}; daemon saw {} timeouts, {} retries; \
-         {} commit samples, {} events checked against a committed offset, early commits {}, \
-         backwards {}",
+         {samples}",
         timeouts,
         metric_sum(&metrics, "clevertap_deleter_api_retries_total"),
-        samples.samples,
-        samples.events_checked,
-        samples.early_commits.len(),
-        samples.backwards.len()
     );
-    assert!(
-        samples.early_commits.is_empty(),
-        "committed before finished: {:?}",
-        &samples.early_commits[..samples.early_commits.len().min(10)]
-    );
-    assert!(
-        samples.backwards.is_empty(),
-        "committed offsets moved back: {:?}",
-        samples.backwards
-    );
-    assert!(
-        samples.events_checked >= expected.events() / 2,
-        "the sampler saw the commits progress ({} events checked)",
-        samples.events_checked
-    );
+    samples.assert_strict("3 faults", expected.events() / 2);
     assert!(timeouts > 0.0, "some requests hung past the client timeout");
     assert!(
         outcome.redundant_deletions > 0,
@@ -527,13 +334,16 @@ fn e2e_3_api_faults_lose_nothing_and_commit_nothing_early() {
 
 /// Three replicas in one group (A, B, C); A stopped with SIGTERM and D
 /// started once it exited (as with `maxSurge: 0`), then B killed with kill -9
-/// (against tansu, B is replaced by E once its session expired: see below).
-/// `strategy` is librdkafka's `partition.assignment.strategy` (None: its
-/// default, eager `range,roundrobin`).
-fn rebalance_scenario(label: &str, strategy: Option<&str>) {
-    let Some((target, _serial, world)) = begin(label, 6) else {
+/// and not replaced: C and D must take B's partitions over by themselves.
+/// `protocol` is the group protocol; under the classic one, `strategy` is
+/// librdkafka's `partition.assignment.strategy` (None: its default, eager
+/// `range,roundrobin`).
+fn rebalance_scenario(label: &str, protocol: Protocol, strategy: Option<&str>) {
+    let label = format!("4 rebalance {label}");
+    let Some((_serial, world)) = begin("rebalance", 6) else {
         return;
     };
+    let world = world.with_protocol(protocol);
     let (produced, _) = world.produce(60_000, 404);
     let expected = Arc::new(Expected::new(&produced));
     let total = expected.events() as i64;
@@ -547,13 +357,8 @@ fn rebalance_scenario(label: &str, strategy: Option<&str>) {
     let log = [("RUST_LOG", "info,librdkafka=debug")];
     // The API is slower here, so the run lasts long enough for the changes.
     let api = Api::start(Duration::from_millis(40), Faults::default());
-    let sampler = CommitSampler::start(
-        &world.broker,
-        expected.clone(),
-        &world.group,
-        vec![api.fake.clone()],
-        Duration::from_millis(200),
-    );
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(200));
+    let latest_committed = sampler.latest.clone();
     let latest = sampler.latest.clone();
     let progress = move || committed_events(&latest.lock().unwrap());
     let started = Instant::now();
@@ -581,32 +386,44 @@ fn rebalance_scenario(label: &str, strategy: Option<&str>) {
         &mut [&mut b, &mut c, &mut d],
         || progress() >= total / 2,
     );
+    // The victim: the replica with the most work left on the partitions it
+    // owns now (a replica may have finished its share already).
+    let left = |r: &Daemon| -> i64 {
+        let latest = latest_committed.lock().unwrap().clone();
+        cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, None)
+            .owned_now()
+            .iter()
+            .map(|&p| expected.ends[p as usize] - latest[p as usize].max(0))
+            .sum()
+    };
+    let mut replicas = [b, c, d];
+    replicas.sort_by_key(|r| -left(r));
+    let [mut victim, mut c, mut d] = replicas;
+    let victim_left = left(&victim);
     let at_kill = progress();
-    let metrics = b.metrics().unwrap_or_default();
-    b.kill9();
-    let b_killed_at = cgrp::now_secs();
-    figures.push(replica_figures("B (kill -9)", &metrics));
-    // tansu 0.6.0 quirk: when it evicts the dead member it re-forms the
-    // group without a new generation, so the survivors' heartbeats keep
-    // succeeding, they never rejoin, and the dead member's partitions can stay
-    // unowned for good. Against tansu the killed replica is therefore
-    // replaced, as Kubernetes would, once its session expired (see
-    // restart_delay); the newcomer's join makes everybody rejoin. Against a
-    // real Kafka, C and D must take B's partitions over by themselves.
-    let mut e = target.is_tansu().then(|| {
-        std::thread::sleep(restart_delay(&target));
-        world.daemon_with("E", &api, &extra, &log)
-    });
+    let metrics = victim.metrics().unwrap_or_default();
+    victim.kill9();
+    let killed_at = cgrp::now_secs();
+    figures.push(replica_figures(
+        &format!("{} (kill -9)", victim.name),
+        &metrics,
+    ));
+    assert!(
+        victim_left > 0,
+        "[{label}] no replica had work left when one was to be killed"
+    );
+    // No replacement: the survivors take the victim's partitions over once
+    // its session expires.
     let reader = world.broker.offsets_reader(&world.group);
-    {
-        let mut running: Vec<&mut Daemon> = vec![&mut c, &mut d];
-        running.extend(e.as_mut());
-        wait_fully_committed(&reader, &expected, Duration::from_secs(150), &mut running);
-    }
+    wait_fully_committed(
+        &reader,
+        &expected,
+        Duration::from_secs(150),
+        &mut [&mut c, &mut d],
+    );
     let took = started.elapsed();
-    let mut survivors: Vec<&mut Daemon> = vec![&mut c, &mut d];
-    survivors.extend(e.as_mut());
-    for r in survivors {
+    let after_kill = cgrp::now_secs() - killed_at;
+    for r in [&mut c, &mut d] {
         let metrics = r.metrics().unwrap_or_default();
         let status = r.terminate(Duration::from_secs(60));
         assert_eq!(
@@ -619,8 +436,7 @@ fn rebalance_scenario(label: &str, strategy: Option<&str>) {
     }
     let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 15);
-    let mut all: Vec<&Daemon> = vec![&a, &b, &c, &d];
-    all.extend(e.as_ref());
+    let all: Vec<&Daemon> = vec![&a, &victim, &c, &d];
     let warnings: usize = all
         .iter()
         .map(|r| {
@@ -629,172 +445,65 @@ fn rebalance_scenario(label: &str, strategy: Option<&str>) {
                     .len()
         })
         .sum();
-    println!(
-        "[4 rebalance {label}] SIGTERM of A at {at_term} committed events, kill -9 of B at \
-         {at_kill}, all committed after {took:.1?}; {outcome}"
-    );
-    println!(
-        "[4 rebalance {label}] {}; {} commit samples, {} events checked, early commits {}, \
-         backwards {}; revoke-drain warnings in the logs {warnings}",
-        figures.join("; "),
-        samples.samples,
-        samples.events_checked,
-        samples.early_commits.len(),
-        samples.backwards.len()
-    );
-    assert!(
-        samples.early_commits.is_empty(),
-        "committed before finished: {:?}",
-        &samples.early_commits[..samples.early_commits.len().min(10)]
-    );
-
-    // Each replica's own view (librdkafka's group debug logs): no commit
-    // names more partitions than the replica owned when it was sent, in
-    // particular none while it owned nothing. The logs give the number of
-    // partitions of a commit, not which, so a commit of a revoked partition
-    // while others are still owned (cooperative) is only caught above, by
-    // its effect on the group's offsets.
     let members: Vec<cgrp::Member> = all
         .iter()
         .map(|r| {
-            let killed = (r.name == "B").then_some(b_killed_at);
+            let killed = (r.name == victim.name).then_some(killed_at);
             cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, killed)
         })
         .collect();
-    for m in &members {
-        let owned: Vec<String> = m
-            .intervals()
-            .iter()
-            .map(|(p, iv)| {
-                let iv: Vec<String> = iv
-                    .iter()
-                    .map(|(f, t)| format!("{:.1}-{:.1}", f - started_at, t - started_at))
-                    .collect();
-                format!("p{p} {}", iv.join(","))
-            })
-            .collect();
-        println!(
-            "[4 rebalance {label}] {} owned (s since start) {}; {} commits sent",
-            m.name,
-            owned.join("; "),
-            m.commits()
-        );
-    }
-    assert!(
-        members.iter().map(cgrp::Member::commits).sum::<usize>() > 0
-            && members.iter().any(|m| m
-                .events
-                .iter()
-                .any(|(_, e)| matches!(e, cgrp::Event::Start(_)))),
-        "the librdkafka group debug logs were not found or not understood"
-    );
-    let beyond: Vec<String> = members
-        .iter()
-        .flat_map(cgrp::Member::commits_beyond_ownership)
-        .collect();
-    assert!(beyond.is_empty(), "commits beyond ownership: {beyond:?}");
-    let overlaps = cgrp::overlaps(&members);
+    let takeover = cgrp::taken_over(&members, &victim.name, killed_at).map(|t| t - killed_at);
     println!(
-        "[4 rebalance {label}] partitions owned by two replicas at once: {}",
-        if overlaps.is_empty() {
-            "none".to_string()
-        } else {
-            overlaps
-                .iter()
-                .map(|o| {
-                    format!(
-                        "p{} {}+{} {:.2}s",
-                        o.partition,
-                        o.members.0,
-                        o.members.1,
-                        o.to - o.from
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+        "[{label}] SIGTERM of A at {at_term} committed events, kill -9 of {} at {at_kill} \
+         ({victim_left} events left on its partitions); {} and {} owned all of its partitions \
+         {takeover:.1?} s after the kill; all committed \
+         {after_kill:.1} s after the kill ({took:.1?} after start); {outcome}",
+        victim.name, c.name, d.name
     );
-    if !target.is_tansu() {
-        // A Kafka broker's group protocol never lets two members own a
-        // partition at once (tansu's does, see README).
-        assert!(overlaps.is_empty(), "{overlaps:?}");
-    }
-    // A committed offset moving back means a replica committed a partition
-    // it no longer owned, unless the broker had given the partition to two
-    // replicas at once (both then commit their own progress): such moves are
-    // reported, any other fails. The move can come after the overlap ended:
-    // the replica that kept the partition, and had fallen behind the other
-    // one's commits meanwhile, commits its own progress; so a move is also
-    // excused while one of the two owned the partition without a break from
-    // the overlap until the move.
-    let kept_owning = |name: &str, partition: i32, since: f64, until: f64| {
-        members.iter().filter(|m| m.name == name).any(|m| {
-            m.intervals()
-                .get(&partition)
-                .is_some_and(|iv| iv.iter().any(|(f, t)| *f <= since && until <= *t + 1.0))
-        })
-    };
-    let (excused, backwards): (Vec<&check::Backward>, Vec<_>) =
-        samples.backwards.iter().partition(|(from, to, p, _, _)| {
-            overlaps.iter().any(|o| {
-                o.partition == *p
-                    && o.from <= *to
-                    && (*from <= o.to + 1.0
-                        || kept_owning(&o.members.0, *p, o.from, *from)
-                        || kept_owning(&o.members.1, *p, o.from, *from))
-            })
-        });
     println!(
-        "[4 rebalance {label}] committed offsets moved back {} times, {} of them caused by \
-         two replicas owning the partition at once",
-        samples.backwards.len(),
-        excused.len()
+        "[{label}] {}; {samples}; revoke-drain warnings in the logs {warnings}",
+        figures.join("; "),
     );
+    samples.assert_strict(&label, expected.events() / 2);
+    cgrp::assert_strict(&label, &members, &samples.backwards, started_at);
     assert!(
-        backwards.is_empty(),
-        "a commit moved an offset back (a replica committed a partition it no longer owned?): \
-         {backwards:?}"
+        takeover.is_some(),
+        "[{label}] the survivors never started all the partitions {} owned when it was killed",
+        victim.name
     );
 }
 
 #[test]
 fn e2e_4a_rebalances_eager() {
-    rebalance_scenario("eager", None);
+    rebalance_scenario("eager", Protocol::Classic, None);
 }
 
 #[test]
 fn e2e_4b_rebalances_cooperative_sticky() {
-    rebalance_scenario("cooperative", Some("cooperative-sticky"));
+    rebalance_scenario("cooperative", Protocol::Classic, Some("cooperative-sticky"));
+}
+
+/// KIP-848: `group.protocol = "consumer"`, the broker assigns (uniform
+/// assignor), incrementally, without a global barrier.
+#[test]
+fn e2e_4c_rebalances_kip848_consumer_protocol() {
+    rebalance_scenario("kip848", Protocol::Consumer, None);
 }
 
 // ------------------------------------------------------------------ 5. broker restart
 
-/// The broker is stopped for 10 seconds and started again on the same sqlite
-/// file: the daemon rides it out, /readyz is 503 while the broker is down and
-/// 200 after, nothing is lost.
+/// The only broker is killed with kill -9, stays down 10 seconds and is
+/// started again on the same data: the daemon rides it out, /readyz is 503
+/// while the broker is down and 200 after, nothing is lost. Runs on a
+/// 1-node local Kafka of its own, whatever the target.
 #[test]
 fn e2e_5_broker_restart_is_ridden_out() {
-    let Some(target) = broker::target() else {
+    let _serial = serial();
+    let Some(broker) = broker::own(1, false) else {
         return;
     };
-    // This one needs a broker it can stop: its own tansu.
-    let target = match target {
-        Target::Tansu(_) => target,
-        Target::External(_) | Target::Docker => match broker::tansu_bin() {
-            Some(bin) => Target::Tansu(bin),
-            None => {
-                println!(
-                    "e2e: SKIPPED e2e_5_broker_restart_is_ridden_out: it stops and restarts \
-                     the broker, which needs a tansu binary (TANSU_BIN; KAFKA_BROKERS and \
-                     the Docker container are not stopped by this test)"
-                );
-                return;
-            }
-        },
-    };
-    let _serial = serial();
     let partitions = 6;
-    let mut world = World::new(&target, "restart", partitions);
+    let world = World::new(broker, "restart", partitions);
     let mut events = generate(&SynthSpec {
         count: 40_000,
         seed: 505,
@@ -804,6 +513,13 @@ fn e2e_5_broker_restart_is_ridden_out() {
     let (mut produced, _) = world.produce_events(events, 0);
     // A slow API, so the backlog outlasts the outage.
     let api = Api::start(Duration::from_millis(150), Faults::default());
+    let sampler = check::CommitSampler::backwards_only(
+        &world.broker,
+        &world.topic,
+        partitions,
+        &world.group,
+        Duration::from_millis(200),
+    );
     let mut d = world.daemon("restart", &api, "[api]\nmax_concurrency = 2\n");
     let port = d.port;
     wait_until(
@@ -825,19 +541,10 @@ fn e2e_5_broker_restart_is_ridden_out() {
     );
     let before = committed_events(&reader.committed(&world.topic, partitions));
 
-    let tansu = world.broker.tansu.as_mut().expect("own tansu");
-    // SIGKILL, not SIGTERM: tansu 0.6.0 stops its storage first on SIGTERM
-    // and answers the requests still in flight with UNKNOWN_SERVER_ERROR;
-    // an idempotent producer (the daemon's dead-letter writer) that had
-    // produce requests in flight then continues, after the restart, with
-    // sequence numbers tansu has no row for, and tansu's sqlite storage
-    // panics on them ("more or less than one row"), which kills its storage
-    // task: every later request fails until the broker is restarted again.
-    // A SIGKILL loses the connections instead; librdkafka retries the
-    // in-flight requests after the restart, which tansu handles.
+    let kafka = world.broker.local_kafka();
     let deleted_at_stop = api.deleted_total();
     let killed_at = cgrp::now_secs();
-    tansu.stop("KILL");
+    kafka.kill(1);
     let down = Instant::now();
     let mut first_503: Option<Duration> = None;
     let mut while_down = std::collections::BTreeMap::new();
@@ -851,7 +558,7 @@ fn e2e_5_broker_restart_is_ridden_out() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let deleted_while_down = api.deleted_total() - deleted_at_stop;
-    world.broker.tansu.as_mut().expect("own tansu").restart();
+    kafka.restart(1);
     let up = Instant::now();
     // More events after the restart: consumption goes on.
     let (more, _) = world.produce_events(later, 30_000);
@@ -892,7 +599,10 @@ fn e2e_5_broker_restart_is_ridden_out() {
         .map(|t| t - killed_at);
     let status = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 2);
+    println!("[5 broker restart] {samples}");
+    samples.assert_strict("5 broker restart", 0);
     println!(
         "[5 broker restart] committed {before} events before the kill; /readyz while down \
          (every 200 ms for 10 s): {while_down:?}, first 503 after {first_503:?}; a client \
@@ -909,11 +619,6 @@ fn e2e_5_broker_restart_is_ridden_out() {
     );
 }
 
-/// The /readyz status of the daemon serving on `port`.
-fn ready(port: u16) -> Option<u16> {
-    daemon::http_get(port, "/readyz").map(|(s, _)| s)
-}
-
 // ------------------------------------------------------------------ 6. API outage
 
 /// Resident memory bound while the API is unreachable with a 200,000-event
@@ -927,29 +632,20 @@ const RSS_BOUND_MIB: u64 = 200;
 /// RSS_BOUND_MIB, and everything drains once the API is back.
 #[test]
 fn e2e_6_api_outage_with_200k_backlog_keeps_memory_flat() {
-    let Some((target, _serial, world)) = begin("outage", 6) else {
+    let Some((_serial, world)) = begin("outage", 6) else {
         return;
     };
     let partitions = world.partitions;
     let (produced, produce_time) = world.produce(200_000, 606);
-    let expected = Expected::new(&produced);
+    let expected = Arc::new(Expected::new(&produced));
     println!(
         "[6 API outage] produced {} events in {produce_time:.1?}",
         expected.events()
     );
     let mut api = Api::start(Duration::from_millis(10), Faults::default());
     api.take_down();
-    // tansu 0.6.0 runs all storage work (fetches, commits, group updates)
-    // one request at a time; while the daemon reads this backlog at full
-    // speed an OffsetCommit or a Heartbeat can wait longer than 6 s there, the
-    // session expires, and tansu then fails to re-form the group (see
-    // restart_delay). A longer session against tansu; 6 s elsewhere.
-    let session = if target.is_tansu() {
-        "[kafka.properties]\n\"session.timeout.ms\" = \"30000\"\n\"heartbeat.interval.ms\" = \"1000\"\n"
-    } else {
-        ""
-    };
-    let mut d = world.daemon("outage", &api, session);
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(500));
+    let mut d = world.daemon("outage", &api, "");
     let outage = Instant::now();
     let mut peak_rss = 0u64;
     let mut max_in_memory = 0.0f64;
@@ -1020,7 +716,10 @@ fn e2e_6_api_outage_with_200k_backlog_keeps_memory_flat() {
     let hwm = d.peak_hwm_kib;
     let status = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
+    println!("[6 API outage] {samples}");
+    samples.assert_strict("6 API outage", expected.events() / 2);
     println!(
         "[6 API outage] during the 30 s outage: consumed at most {max_consumed}, at most \
          {max_in_memory} events in memory, paused {paused_seen}, VmHWM {} MiB; drained \
@@ -1054,15 +753,6 @@ fn e2e_6_api_outage_with_200k_backlog_keeps_memory_flat() {
 
 // ------------------------------------------------------------ 7. static membership
 
-/// Partitions a daemon owns now (its `partitions_assigned` gauge).
-fn assigned(port: u16) -> f64 {
-    let text = daemon::http_get(port, "/metrics").map(|(_, body)| body);
-    common::metric(
-        &text.unwrap_or_default(),
-        "clevertap_deleter_partitions_assigned",
-    )
-}
-
 /// Static membership (`kafka.group_instance_id`, from the environment as a
 /// pod name would be): two replicas with stable ids. A is stopped with
 /// SIGTERM and restarted at once under the same id, later killed with kill -9
@@ -1071,14 +761,15 @@ fn assigned(port: u16) -> f64 {
 /// nothing is lost.
 #[test]
 fn e2e_7_static_membership_restarts_without_rebalance() {
-    let Some((_target, _serial, world)) = begin("static", 6) else {
+    let Some((_serial, world)) = begin("static", 6) else {
         return;
     };
     let partitions = world.partitions;
     let (produced, _) = world.produce(60_000, 707);
-    let expected = Expected::new(&produced);
+    let expected = Arc::new(Expected::new(&produced));
     // A slow API, so the backlog outlasts both restarts.
     let api = Api::start(Duration::from_millis(100), Faults::default());
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(200));
     // A session long enough that waiting it out would show in the figures.
     let extra =
         "[api]\nmax_concurrency = 2\n[kafka.properties]\n\"session.timeout.ms\" = \"30000\"\n";
@@ -1138,7 +829,10 @@ fn e2e_7_static_membership_restarts_without_rebalance() {
         let status = d.terminate(Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "{} exits 0: {status}", d.name);
     }
+    let samples = sampler.finish();
     let outcome = verify(&world.broker, &expected, &api, &world.group, 4);
+    println!("[7 static membership] {samples}");
+    samples.assert_strict("7 static membership", expected.events() / 2);
     println!(
         "[7 static membership] A owned {a_owned} of {partitions} partitions; after SIGTERM + \
          restart it owned them again {back_after_sigterm:.1?} after the restart, after kill -9 \
@@ -1152,4 +846,340 @@ fn e2e_7_static_membership_restarts_without_rebalance() {
         b_revokes_after, b_revokes,
         "B gave up partitions while A restarted under its static id"
     );
+}
+
+// ------------------------------------------------------------------ 8. a fenced zombie
+
+/// A replica frozen (SIGSTOP) past its session timeout while it holds
+/// partitions: the group gives them to the other replica, which commits
+/// further; when the frozen one resumes (SIGCONT) it still believes it owns
+/// them and tries to commit its own, older progress with its old
+/// generation. Kafka must refuse that commit (the zombie is fenced): no
+/// committed offset ever moves back, and nothing is lost.
+fn fenced_zombie_scenario(label: &str, protocol: Protocol, require: Fencing) {
+    let label = format!("8 fenced zombie {label}");
+    let Some((_serial, world)) = begin("zombie", 6) else {
+        return;
+    };
+    let world = world.with_protocol(protocol);
+    let (produced, _) = world.produce(60_000, 808);
+    let expected = Arc::new(Expected::new(&produced));
+    let total = expected.events() as i64;
+    let extra = "[api]\nmax_concurrency = 5\n[kafka.properties]\n\"debug\" = \"cgrp\"\n";
+    let log = [("RUST_LOG", "info,librdkafka=debug")];
+    // Slow enough that the run outlasts the freeze.
+    let api = Api::start(Duration::from_millis(60), Faults::default());
+    let sampler = world.sampler(&expected, &api, Duration::from_millis(100));
+    let latest = sampler.latest.clone();
+    let started_at = cgrp::now_secs();
+    let mut a = world.daemon_with("A", &api, extra, &log);
+    let mut b = world.daemon_with("B", &api, extra, &log);
+    let (a_port, b_port) = (a.port, b.port);
+    let partitions = f64::from(world.partitions);
+    wait_until(
+        "A and B share the partitions and 10 % is committed",
+        Duration::from_secs(90),
+        &mut [&mut a, &mut b],
+        || {
+            let (x, y) = (assigned(a_port), assigned(b_port));
+            x > 0.0
+                && y > 0.0
+                && x + y == partitions
+                && committed_events(&latest.lock().unwrap()) >= total / 10
+        },
+    );
+    let a_owned = cgrp::Member::from_logs("A", &a.logs(), &world.topic, None).owned_now();
+    let at_stop = latest.lock().unwrap().clone();
+    broker::signal(a.pid(), "STOP");
+    let stopped_at = cgrp::now_secs();
+    // B takes everything once A's session expired, and commits further on
+    // A's partitions than A had.
+    let took_over = wait_until(
+        "B owns every partition and committed past A's progress on A's partitions",
+        Duration::from_secs(60),
+        &mut [&mut b],
+        || {
+            let now = latest.lock().unwrap().clone();
+            assigned(b_port) == partitions
+                && a_owned.iter().all(|&p| {
+                    now[p as usize] > at_stop[p as usize]
+                        || now[p as usize] == expected.ends[p as usize]
+                })
+        },
+    );
+    broker::signal(a.pid(), "CONT");
+    let resumed_at = cgrp::now_secs();
+    // A finds out: a new generation (it rejoined) after it resumed.
+    let a_log = a.stderr_path();
+    wait_until(
+        "A rejoins the group after it resumed",
+        Duration::from_secs(60),
+        &mut [&mut a, &mut b],
+        || {
+            let logs = std::fs::read_to_string(&a_log).unwrap_or_default();
+            cgrp::Member::from_logs("A", &logs, &world.topic, None)
+                .events
+                .iter()
+                .any(|(t, e)| *t > resumed_at && matches!(e, cgrp::Event::Generation(_)))
+        },
+    );
+    let reader = world.broker.offsets_reader(&world.group);
+    wait_fully_committed(
+        &reader,
+        &expected,
+        Duration::from_secs(150),
+        &mut [&mut a, &mut b],
+    );
+    let mut figures = Vec::new();
+    for r in [&mut a, &mut b] {
+        let metrics = r.metrics().unwrap_or_default();
+        let status = r.terminate(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(0), "{} exits 0: {status}", r.name);
+        figures.push(replica_figures(&r.name, &metrics));
+    }
+    let samples = sampler.finish();
+    let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
+    let members: Vec<cgrp::Member> = [&a, &b]
+        .iter()
+        .map(|r| cgrp::Member::from_logs(&r.name, &r.logs(), &world.topic, None))
+        .collect();
+    let zombie = &members[0];
+    let old_generation = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t < stopped_at)
+        .filter_map(|(_, e)| match e {
+            cgrp::Event::Generation(g) => Some(*g),
+            _ => None,
+        })
+        .next_back()
+        .expect("A's generation before the freeze");
+    // What A did right after it resumed, until it joined a new generation.
+    let rejoined_at = zombie
+        .events
+        .iter()
+        .find(|(t, e)| *t > resumed_at && matches!(e, cgrp::Event::Generation(_)))
+        .map(|(t, _)| *t)
+        .expect("A rejoined");
+    let after: Vec<String> = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t > resumed_at && *t <= rejoined_at)
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                cgrp::Event::Commit(..) | cgrp::Event::CommitResult(..) | cgrp::Event::Lost
+            )
+        })
+        .map(|(t, e)| format!("{:.2}s {e:?}", t - resumed_at))
+        .collect();
+    let stale_commits = zombie
+        .events
+        .iter()
+        .filter(|(t, e)| {
+            *t > resumed_at && matches!(e, cgrp::Event::Commit(_, g) if *g == old_generation)
+        })
+        .count();
+    let stale_results: Vec<&String> = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t > resumed_at && *t <= rejoined_at + 1.0)
+        .filter_map(|(_, e)| match e {
+            cgrp::Event::CommitResult(_, r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "[{label}] A frozen at {:.1}s owning {a_owned:?} (committed {:?}); B owned everything \
+         and committed past it {took_over:.1?} later; A resumed at {:.1}s; in its old \
+         generation {old_generation} it then: {after:?}; rejoined {:.1}s after resuming; \
+         {} stale commits sent, answers {stale_results:?}; {}; {samples}; {outcome}",
+        stopped_at - started_at,
+        at_stop,
+        resumed_at - started_at,
+        rejoined_at - resumed_at,
+        stale_commits,
+        figures.join("; ")
+    );
+    samples.assert_strict(&label, expected.events() / 2);
+    cgrp::assert_strict(&label, &members, &samples.backwards, started_at);
+    assert!(
+        stale_results.iter().all(|r| r.as_str() != "Success"),
+        "[{label}] a commit of the zombie was accepted: {stale_results:?}"
+    );
+    // Its stale progress never lands: a commit with the old generation is
+    // refused by the broker, or (KIP-848, where the expedited heartbeat
+    // usually wins the race) librdkafka learns from the heartbeat that the
+    // member was fenced and drops the assignment before any commit.
+    let learnt_first = zombie
+        .events
+        .iter()
+        .filter(|(t, _)| *t > resumed_at)
+        .find(|(_, e)| matches!(e, cgrp::Event::Lost | cgrp::Event::Commit(..)))
+        .is_some_and(|(_, e)| matches!(e, cgrp::Event::Lost));
+    match require {
+        Fencing::RefusedCommit => assert!(
+            stale_commits > 0,
+            "[{label}] A sent no commit with its old generation {old_generation} after it \
+             resumed, so the broker's fencing was not exercised: {after:?}"
+        ),
+        Fencing::RefusedCommitOrLostFirst => assert!(
+            stale_commits > 0 || learnt_first,
+            "[{label}] after resuming, A neither had a stale commit refused nor learnt it \
+             was fenced: {after:?}"
+        ),
+    }
+    println!(
+        "[{label}] REPORT fencing: {}",
+        if stale_commits > 0 {
+            format!("{stale_commits} commit(s) with the old generation refused: {stale_results:?}")
+        } else {
+            "the heartbeat told A it was fenced before it sent any commit".to_string()
+        }
+    );
+}
+
+/// What fencing a test requires to have seen.
+enum Fencing {
+    /// A commit with the old generation, refused by the broker.
+    RefusedCommit,
+    /// That, or the member learnt it was fenced before committing.
+    RefusedCommitOrLostFirst,
+}
+
+#[test]
+fn e2e_8a_a_fenced_zombie_cannot_commit_classic() {
+    // Classic: the lost assignment's revoke makes the daemon commit what it
+    // finished, with the old generation; the broker refuses it.
+    fenced_zombie_scenario("classic", Protocol::Classic, Fencing::RefusedCommit);
+}
+
+#[test]
+fn e2e_8b_a_fenced_zombie_cannot_commit_kip848() {
+    fenced_zombie_scenario(
+        "kip848",
+        Protocol::Consumer,
+        Fencing::RefusedCommitOrLostFirst,
+    );
+}
+
+/// Under `group.protocol = "consumer"` the session timeout, heartbeat
+/// interval and assignor are the broker's: librdkafka refuses the classic
+/// properties, and the daemon exits 2 naming the property (no broker
+/// needed: the check happens when the client is built).
+#[test]
+fn e2e_4d_kip848_refuses_classic_only_properties() {
+    let dir = daemon::scratch_dir("e2e-kip848-conf-");
+    for property in world::CLASSIC_ONLY {
+        let value = if property.ends_with(".ms") {
+            "6000"
+        } else if property == "group.protocol.type" {
+            "consumer"
+        } else {
+            "range"
+        };
+        let config = common::merge_toml(
+            &world::consumer_protocol(&common::config_toml(
+                "127.0.0.1:9",
+                "t",
+                "g",
+                "http://127.0.0.1:9",
+                "",
+            )),
+            &format!("[kafka.properties]\n\"{property}\" = \"{value}\"\n"),
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(daemon::BIN)
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{property}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "`{property}` is not supported for `group.protocol=consumer`"
+            )),
+            "{property}: {stderr}"
+        );
+    }
+}
+
+// ------------------------------------------------------------ 6b. a region unreachable
+
+/// The issue's requirement: readiness red while a region (its CleverTap
+/// endpoint) is unreachable, green again once it answers.
+///
+/// The daemon today holds (and reports not-ready for) a region only on
+/// 401/403/404; connection errors are retried without touching readiness,
+/// so this fails: /readyz stays 200 while every request for the region is
+/// refused. Reported to the daemon's owner (src/dispatch.rs, src/health.rs);
+/// remove the `ignore` with the fix.
+#[test]
+#[ignore = "daemon gap: /readyz stays 200 while a region's endpoint refuses connections (reported; src/dispatch.rs + src/health.rs)"]
+fn e2e_6b_readiness_red_while_a_region_is_unreachable() {
+    let Some((_serial, world)) = begin("unreachable", 2) else {
+        return;
+    };
+    let (mut produced, _) = world.produce(1_000, 616);
+    let mut api = Api::start(Duration::from_millis(5), Faults::default());
+    let mut d = world.daemon("unreachable", &api, "");
+    let port = d.port;
+    let reader = world.broker.offsets_reader(&world.group);
+    wait_fully_committed(
+        &reader,
+        &Expected::new(&produced),
+        Duration::from_secs(60),
+        &mut [&mut d],
+    );
+    wait_until("ready", Duration::from_secs(30), &mut [&mut d], || {
+        ready(port) == Some(200)
+    });
+    api.take_down();
+    let (more, _) = world.produce_events(
+        generate(&SynthSpec {
+            count: 500,
+            seed: 617,
+            ..SynthSpec::default()
+        }),
+        1_000,
+    );
+    produced.append(more);
+    // The daemon tries and fails (positive signal), then must say so.
+    let log = d.stderr_path();
+    wait_until(
+        "a refused connection to CleverTap in the log",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || !logs_with(&log, "no answer from CleverTap").is_empty(),
+    );
+    let red = wait_until(
+        "/readyz 503 while the API is unreachable",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || ready(port) == Some(503),
+    );
+    api.bring_back();
+    let expected = Expected::new(&produced);
+    wait_fully_committed(&reader, &expected, Duration::from_secs(60), &mut [&mut d]);
+    let green = wait_until(
+        "ready again",
+        Duration::from_secs(30),
+        &mut [&mut d],
+        || ready(port) == Some(200),
+    );
+    let status = d.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status}");
+    println!("[6b unreachable region] /readyz 503 {red:.1?} after the first refused connection, 200 {green:.1?} after the API came back");
+}
+
+fn logs_with(path: &std::path::Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }

@@ -1,6 +1,9 @@
-//! `replay-dlq` on rdkafka's MockCluster: dead letters with different reasons
-//! and replay counts go back to the source topic with key and payload intact;
-//! filters, refusals, committed progress, dry run and limit.
+//! `replay-dlq` on rdkafka's MockCluster: the dry run, bad options, a failed
+//! transaction, a missing dead-letter topic, and what the mock's
+//! transactions do. The mock stores no transactional offsets and writes no
+//! abort markers, so everything that depends on committed progress (filters,
+//! refusals, `--limit` and `--to` runs resuming, kill -9 in the middle) runs
+//! on Apache Kafka in tests/e2e_replay.rs.
 
 mod common;
 
@@ -47,7 +50,6 @@ struct Setup {
     kafka: Kafka,
     topic: String,
     dlq: String,
-    group_id: String,
     toml: String,
     config: Config,
 }
@@ -72,7 +74,6 @@ fn setup(dlq_partitions: i32) -> Setup {
         kafka,
         topic,
         dlq,
-        group_id,
         toml,
         config,
     }
@@ -163,105 +164,6 @@ impl Setup {
     }
 }
 
-fn options(reasons: &[&str]) -> ReplayOptions {
-    ReplayOptions {
-        reasons: reasons.iter().map(|r| r.to_string()).collect(),
-        ..ReplayOptions::default()
-    }
-}
-
-#[test]
-fn replays_matching_records_refuses_and_filters_and_commits_progress() {
-    let s = setup(1);
-    s.put(&[
-        DeadLetter {
-            key: Some("k0"),
-            payload: Some(r#"{"type":"user-deleted","identity":"u0"}"#),
-            ..dl("", "not_json", None)
-        },
-        dl("k1", "unknown_region", Some("1")),
-        dl("k2", "not_json", Some("3")),
-        dl("k3", "no_id", None),
-        DeadLetter {
-            key: None,
-            with_source: false,
-            ..dl("", "unknown_region", None)
-        },
-        DeadLetter {
-            payload: None,
-            ..dl("k5", "not_json", Some("2"))
-        },
-    ]);
-
-    let filter = options(&["unknown_region", "not_json"]);
-    let (summary, listing) = s.replay(&filter);
-    assert!(listing.is_empty(), "only a dry run lists: {listing}");
-    assert_eq!(summary.stop, StopCause::EndOfTopic);
-    assert_eq!(
-        summary.group,
-        format!("{}-replay-not_json+unknown_region", s.group_id)
-    );
-    let t = summary.counts.total;
-    assert_eq!(
-        (
-            t.replayed,
-            t.skipped,
-            t.refused_too_many_replays,
-            t.refused_no_source_topic,
-            t.refused_invalid
-        ),
-        (3, 1, 1, 1, 0),
-        "{summary}"
-    );
-    let not_json = summary.counts.per_reason["not_json"];
-    assert_eq!(
-        (not_json.replayed, not_json.refused_too_many_replays),
-        (2, 1)
-    );
-    assert_eq!(summary.counts.per_reason["no_id"].skipped, 1);
-
-    let out = s.replayed(&s.topic, 3);
-    let r0 = &out[&s.from(0, 0)];
-    assert_eq!(r0.key.as_deref(), Some(&b"k0"[..]));
-    assert_eq!(
-        r0.payload.as_deref(),
-        Some(&br#"{"type":"user-deleted","identity":"u0"}"#[..])
-    );
-    assert_eq!(r0.headers["replay_count"], "1");
-    assert_eq!(r0.headers["replayed_reason"], "not_json");
-    let r1 = &out[&s.from(0, 1)];
-    assert_eq!(r1.key.as_deref(), Some(&b"k1"[..]));
-    assert_eq!(r1.payload.as_deref(), Some(&b"payload"[..]));
-    assert_eq!(r1.headers["replay_count"], "2");
-    assert_eq!(r1.headers["replayed_reason"], "unknown_region");
-    let r5 = &out[&s.from(0, 5)];
-    assert_eq!(r5.key.as_deref(), Some(&b"k5"[..]));
-    assert_eq!(r5.payload, None, "a tombstone stays a tombstone");
-    assert_eq!(r5.headers["replay_count"], "3");
-
-    // Progress is committed past every handled record, refused ones included.
-    let group = summary.group.clone();
-    assert_eq!(s.kafka.committed(&group, &s.dlq, 1), vec![6]);
-    let (again, _) = s.replay(&filter);
-    assert_eq!(again.counts.total.handled(), 0, "{again}");
-    assert_eq!(again.stop, StopCause::EndOfTopic);
-    s.replayed(&s.topic, 3);
-
-    // Without a filter, the group is another one with its own position.
-    let (all, _) = s.replay(&ReplayOptions::default());
-    assert_eq!(all.group, format!("{}-replay", s.group_id));
-    assert_eq!(
-        (
-            all.counts.total.replayed,
-            all.counts.total.skipped,
-            all.counts.total.refused()
-        ),
-        (4, 0, 2),
-        "{all}"
-    );
-    assert_eq!(s.kafka.committed(&all.group, &s.dlq, 1), vec![6]);
-}
-
 #[test]
 fn dry_run_lists_and_produces_and_commits_nothing() {
     let s = setup(1);
@@ -307,78 +209,6 @@ fn dry_run_lists_and_produces_and_commits_nothing() {
     assert_eq!(real.counts.total.replayed, 2, "{real}");
     let out = s.replayed(&s.topic, 2);
     assert_eq!(out[&s.from(0, 2)].headers["replay_count"], "2");
-}
-
-#[test]
-fn limit_stops_after_n_replays_and_the_next_run_resumes() {
-    let s = setup(1);
-    s.put(&[
-        dl("k0", "not_json", None),
-        dl("k1", "not_json", Some("5")),
-        dl("k2", "not_json", None),
-        dl("k3", "not_json", None),
-        dl("k4", "not_json", None),
-        dl("k5", "not_json", None),
-    ]);
-    let limit = ReplayOptions {
-        limit: Some(2),
-        ..ReplayOptions::default()
-    };
-    let (first, _) = s.replay(&limit);
-    assert_eq!(first.stop, StopCause::Limit);
-    assert_eq!(
-        (first.counts.total.replayed, first.counts.total.refused()),
-        (2, 1)
-    );
-    // Committed right after the second replay (offset 2), not beyond.
-    assert_eq!(s.kafka.committed(&first.group, &s.dlq, 1), vec![3]);
-    let out = s.replayed(&s.topic, 2);
-    assert!(out.contains_key(&s.from(0, 0)) && out.contains_key(&s.from(0, 2)));
-
-    let (second, _) = s.replay(&limit);
-    assert_eq!(second.stop, StopCause::Limit);
-    assert_eq!(second.counts.total.handled(), 2);
-    assert_eq!(s.kafka.committed(&first.group, &s.dlq, 1), vec![5]);
-
-    let (rest, _) = s.replay(&limit);
-    assert_eq!(rest.stop, StopCause::EndOfTopic);
-    assert_eq!(rest.counts.total.replayed, 1);
-    let out = s.replayed(&s.topic, 5);
-    for offset in [0, 2, 3, 4, 5] {
-        assert!(out.contains_key(&s.from(0, offset)), "offset {offset}");
-    }
-}
-
-#[test]
-fn stops_at_the_end_of_every_partition_and_to_overrides_the_source_topic() {
-    let s = setup(3);
-    let other = format!("{}-fixed", s.topic);
-    s.kafka.topic(&other, 2);
-    s.put(&[
-        DeadLetter {
-            with_source: false,
-            ..dl("k0", "api_rejected", None)
-        },
-        DeadLetter {
-            partition: 1,
-            ..dl("k1", "api_rejected", None)
-        },
-        DeadLetter {
-            partition: 1,
-            ..dl("k2", "api_rejected", None)
-        },
-    ]);
-    // Partition 2 stays empty: its end must count too.
-    let (summary, _) = s.replay(&ReplayOptions {
-        to: Some(other.clone()),
-        ..ReplayOptions::default()
-    });
-    assert_eq!(summary.stop, StopCause::EndOfTopic);
-    assert_eq!(summary.counts.total.replayed, 3, "{summary}");
-    assert_eq!(s.kafka.committed(&summary.group, &s.dlq, 3), vec![1, 2, -1]);
-    let out = s.replayed(&other, 3);
-    assert_eq!(out[&s.from(1, 1)].key.as_deref(), Some(&b"k2"[..]));
-    s.replayed(&s.topic, 0);
 }
 
 /// librdkafka's mock cluster runs the transactional protocol
@@ -494,7 +324,7 @@ fn write_config(dir: &Path, text: &str) -> String {
 }
 
 #[test]
-fn the_binary_replays_and_exits_2_on_bad_options() {
+fn the_binary_exits_2_on_bad_options() {
     let s = setup(1);
     s.put(&[
         dl("k0", "no_region", None),
@@ -518,38 +348,12 @@ fn the_binary_replays_and_exits_2_on_bad_options() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
 
-    let (code, stdout, stderr) = run_bin(&[
-        "replay-dlq",
-        "--config",
-        &config,
-        "--reason",
-        "no_region",
-        "--group",
-        "cli-replay",
-    ]);
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("group cli-replay"), "{stdout}");
-    assert!(
-        stdout.contains("replayed:                      1"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("refused, too many replays:     1  (replay_count >= 3)"),
-        "{stdout}"
-    );
-    assert!(
-        stderr.contains("refusing to replay a dead letter"),
-        "{stderr}"
-    );
-    // Reaching the end of a partition is the normal way to stop, not an error.
-    assert!(!stderr.contains("ERROR"), "{stderr}");
-    let out = s.replayed(&s.topic, 1);
-    assert_eq!(out[&s.from(0, 0)].headers["replay_count"], "1");
-    assert_eq!(s.kafka.committed("cli-replay", &s.dlq, 1), vec![2]);
+    // A successful run of the binary, with its progress committed, is in
+    // tests/e2e_replay.rs (the mock cluster stores no transactional offsets).
 }
 
 #[test]
-fn a_failed_transaction_is_aborted_commits_nothing_and_the_next_run_resumes() {
+fn a_failed_transaction_is_aborted_and_commits_nothing() {
     use clevertap_deleter::replay::ReplayError;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let s = setup(1);
@@ -570,6 +374,9 @@ fn a_failed_transaction_is_aborted_commits_nothing_and_the_next_run_resumes() {
     assert_eq!(done.counts.total.handled(), 0, "nothing was committed");
     assert_eq!(s.kafka.committed(&done.group, &s.dlq, 1), vec![-1]);
 
+    // The next run does everything (the aborted run committed nothing).
+    // That it resumes from stored progress is proven on Apache Kafka
+    // (tests/e2e_replay.rs): the mock cluster stores no transactional offsets.
     let (summary, _) = s.replay(&ReplayOptions::default());
     assert_eq!(
         (
@@ -579,7 +386,6 @@ fn a_failed_transaction_is_aborted_commits_nothing_and_the_next_run_resumes() {
         (1, 1),
         "{summary}"
     );
-    assert_eq!(s.kafka.committed(&summary.group, &s.dlq, 1), vec![2]);
 }
 
 #[test]

@@ -1,17 +1,27 @@
-//! The real broker of the end-to-end suite: which one to use (`KAFKA_BROKERS`,
-//! else tansu from `TANSU_BIN`, else an apache/kafka container through
-//! testcontainers when a Docker daemon answers, else an installed tansu),
-//! tansu processes the tests
-//! start, stop and restart themselves, and plain Kafka clients to create
-//! topics, produce events and read what the daemon left behind (committed
-//! offsets, high watermarks, dead letters).
+//! The real broker of the end-to-end suites, and plain Kafka clients to
+//! create topics, produce events and read what the daemon left behind
+//! (committed offsets, high watermarks, dead letters).
+//!
+//! Which broker (see README "Real-broker tests"):
+//! - by default, Apache Kafka 4.4.0 started by the tests through
+//!   `deploy/local-kafka/local-kafka`: one 1-node cluster shared by the
+//!   scenarios of a test binary (each with its own topics and group), and
+//!   clusters of their own (1 or 3 nodes) for the scenarios that kill,
+//!   stop or restart brokers;
+//! - `KAFKA_BROKERS=host:port,...`: that cluster for the scenarios that do
+//!   not touch brokers (the others still start their own local Kafka);
+//! - `E2E_BROKER=testcontainers`: one apache/kafka container per scenario
+//!   through testcontainers (needs a Docker engine; untested here).
+//!
+//! A scenario that cannot run (no Java or Maven for local-kafka, no Docker
+//! engine) fails with the reason, unless `E2E_ALLOW_SKIP=1`, which skips it
+//! with one line on the terminal naming the test and the reason.
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::synth::SynthEvent;
@@ -24,27 +34,78 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-/// Where tansu is installed by `.ci/run` (`cargo install tansu --root /opt/tansu`).
-pub const DEFAULT_TANSU: &str = "/opt/tansu/bin/tansu";
+use super::local_kafka::{self, LocalKafka};
 
 /// The broker the suite runs against.
 #[derive(Clone, Debug)]
 pub enum Target {
+    /// Apache Kafka through `deploy/local-kafka/local-kafka` (the default).
+    LocalKafka,
     /// `KAFKA_BROKERS`: any running cluster; topics get unique names.
     External(String),
-    /// A tansu binary; every test starts its own broker (own port, own sqlite file).
-    Tansu(PathBuf),
-    /// A Docker daemon answers: every test starts its own apache/kafka
-    /// container (testcontainers), removed when the test ends.
+    /// `E2E_BROKER=testcontainers`: an apache/kafka container per scenario.
     Docker,
 }
 
-impl Target {
-    /// tansu's group coordination has quirks the scenarios work around
-    /// (see README "tansu 0.6.0 quirks"); a Kafka broker needs none.
-    pub fn is_tansu(&self) -> bool {
-        matches!(self, Target::Tansu(_))
+/// The broker selected by the environment (printed once).
+pub fn target() -> Target {
+    static TARGET: OnceLock<Target> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let choice = std::env::var("E2E_BROKER").unwrap_or_default();
+            let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_default();
+            let target = match choice.trim() {
+                "testcontainers" => Target::Docker,
+                "" | "local-kafka" if !brokers.trim().is_empty() => {
+                    Target::External(brokers.trim().to_string())
+                }
+                "" | "local-kafka" => Target::LocalKafka,
+                other => panic!(
+                    "E2E_BROKER={other:?}: expected local-kafka (the default) or testcontainers; \
+                     set KAFKA_BROKERS for an existing cluster (tansu is no longer supported: \
+                     see README \"Broker quirks\")"
+                ),
+            };
+            match &target {
+                Target::LocalKafka => println!(
+                    "e2e: Apache Kafka started by the tests (deploy/local-kafka/local-kafka)"
+                ),
+                Target::External(b) => println!(
+                    "e2e: the cluster at KAFKA_BROKERS={b}; scenarios that stop brokers start \
+                     their own local Kafka"
+                ),
+                Target::Docker => {
+                    println!("e2e: one apache/kafka container per scenario (testcontainers)")
+                }
+            }
+            target
+        })
+        .clone()
+}
+
+/// The name of the running test (libtest names its thread after it).
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("(unnamed test)")
+        .to_string()
+}
+
+/// A scenario that cannot run here: panics with `reason` unless
+/// `E2E_ALLOW_SKIP=1`; then it prints (past the harness's capture) that the
+/// test did not run and why, and returns so the test can return.
+pub fn cannot_run(reason: &str) {
+    let name = test_name();
+    if std::env::var("E2E_ALLOW_SKIP").is_ok_and(|v| v == "1") {
+        local_kafka::tell(&format!(
+            "e2e: SKIPPED {name}: {reason} (E2E_ALLOW_SKIP=1; this test did NOT run)"
+        ));
+        return;
     }
+    panic!(
+        "{name} cannot run: {reason}. Install what is missing, or set E2E_ALLOW_SKIP=1 to skip \
+         the real-broker tests explicitly (each prints that it did not run)."
+    );
 }
 
 /// Whether a Docker daemon answers on `DOCKER_HOST` (unix sockets only) or
@@ -86,59 +147,6 @@ impl KafkaContainer {
     }
 }
 
-/// A tansu binary to start, if one is available: `TANSU_BIN` (which must
-/// exist when set), `/opt/tansu/bin/tansu`, or `tansu` on the PATH.
-pub fn tansu_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("TANSU_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "TANSU_BIN={} is set but is not a file",
-            bin.display()
-        );
-        return Some(bin);
-    }
-    if Path::new(DEFAULT_TANSU).is_file() {
-        return Some(PathBuf::from(DEFAULT_TANSU));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("tansu"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// The broker to use, or `None` (after printing, once, why the suite skips).
-pub fn target() -> Option<Target> {
-    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
-    TARGET
-        .get_or_init(|| {
-            if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-                if !brokers.trim().is_empty() {
-                    println!("e2e: using the Kafka cluster at KAFKA_BROKERS={brokers}");
-                    return Some(Target::External(brokers));
-                }
-            }
-            let explicit_tansu = std::env::var_os("TANSU_BIN").is_some_and(|b| !b.is_empty());
-            if !explicit_tansu && docker_answers() {
-                println!(
-                    "e2e: Docker answers: one apache/kafka container per test (testcontainers)"
-                );
-                return Some(Target::Docker);
-            }
-            if let Some(bin) = tansu_bin() {
-                println!("e2e: starting tansu brokers from {}", bin.display());
-                return Some(Target::Tansu(bin));
-            }
-            println!(
-                "e2e: SKIPPED, no real broker: KAFKA_BROKERS is not set, no Docker daemon \
-                 answers and no tansu binary (TANSU_BIN, {DEFAULT_TANSU}, PATH) was found; \
-                 `.ci/run` provides tansu"
-            );
-            None
-        })
-        .clone()
-}
-
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
@@ -146,187 +154,116 @@ pub fn free_port() -> u16 {
 
 /// Sends a signal to a process by id (`kill -SIG pid`).
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
+    let status = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
-/// One tansu broker process with its sqlite file in a scratch directory.
-/// Stopped and started again on the same port and file; killed on drop.
-pub struct Tansu {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    pub port: u16,
-    child: Option<Child>,
-    starts: u32,
-}
+/// A started local cluster, or why it could not start (missing programs).
+type Shared = Result<Arc<LocalKafka>, String>;
 
-impl Tansu {
-    pub fn start(bin: &Path) -> Tansu {
-        let mut tansu = Tansu {
-            bin: bin.to_path_buf(),
-            dir: super::daemon::scratch_dir("e2e-tansu-"),
-            port: free_port(),
-            child: None,
-            starts: 0,
-        };
-        tansu.spawn();
-        tansu
-    }
-
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "tansu is already running");
-        self.starts += 1;
-        let log = self.dir.path().join(format!("tansu-{}.log", self.starts));
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            // Relative to the scratch directory. Not memory://: tansu 0.6.0's
-            // memory engine loses records when a consumer resumes in the middle
-            // of a record batch and reports wrong high watermarks.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            // E2E_TANSU_LOG: tansu's RUST_LOG, to debug the broker side.
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_TANSU_LOG").unwrap_or_default(),
-            )
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).expect("tansu log"))
-            .stderr(File::create(log.with_extension("err")).expect("tansu log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("tansu exited with {status}:\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu does not accept connections on {addr} after 30 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+fn shared_cluster(slot: &'static OnceLock<Shared>, nodes: u32) -> Option<Arc<LocalKafka>> {
+    let cluster = slot.get_or_init(|| match local_kafka::missing_prerequisite(false) {
+        Some(missing) => Err(missing),
+        None => Ok(Arc::new(LocalKafka::start(nodes, false))),
+    });
+    match cluster {
+        Ok(c) => Some(c.clone()),
+        Err(missing) => {
+            cannot_run(missing);
+            None
         }
-    }
-
-    /// Stops the broker with `sig` (`TERM` or `KILL`; SIGKILL after 10 s in
-    /// any case) and reaps it.
-    pub fn stop(&mut self, sig: &str) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(child.id(), sig);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().expect("try_wait").is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts it again on the same port with the same sqlite file.
-    pub fn restart(&mut self) {
-        self.spawn();
-    }
-
-    pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in 1..=self.starts {
-            for ext in ["log", "err"] {
-                let path = self.dir.path().join(format!("tansu-{n}.{ext}"));
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                out.push_str(&format!("--- {}\n", path.display()));
-                for line in tail.into_iter().rev() {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-        }
-        out
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+/// The broker of a scenario that does not stop brokers: the target's.
+/// `None` when it cannot run and skipping is allowed (see `cannot_run`).
+pub fn shared() -> Option<Broker> {
+    static ONE_NODE: OnceLock<Shared> = OnceLock::new();
+    match target() {
+        Target::LocalKafka => shared_cluster(&ONE_NODE, 1).map(Broker::local),
+        Target::External(bootstrap) => Some(Broker {
+            bootstrap,
+            replication: -1,
+            cluster: None,
+            _container: None,
+        }),
+        Target::Docker => {
+            if !docker_answers() {
+                cannot_run(
+                    "E2E_BROKER=testcontainers, but no Docker engine answers (DOCKER_HOST or \
+                     /var/run/docker.sock)",
+                );
+                return None;
+            }
+            let container = KafkaContainer::start();
+            Some(Broker {
+                bootstrap: container.bootstrap.clone(),
+                replication: 1,
+                cluster: None,
+                _container: Some(container),
+            })
         }
-        super::daemon::keep_if_panicking(&mut self.dir, "tansu");
     }
 }
 
-/// The broker of one test: an external cluster or the test's own tansu.
+/// A 3-node cluster shared by the scenarios of this test binary that need
+/// three brokers; nodes a failed scenario left down are started again.
+pub fn shared_three_nodes() -> Option<Broker> {
+    static THREE_NODES: OnceLock<Shared> = OnceLock::new();
+    let cluster = shared_cluster(&THREE_NODES, 3)?;
+    cluster.heal();
+    Some(Broker::local(cluster))
+}
+
+/// A local cluster of the scenario's own (it stops or kills brokers), whatever
+/// the target; stopped when the scenario ends.
+pub fn own(nodes: u32, sasl: bool) -> Option<Broker> {
+    if let Some(missing) = local_kafka::missing_prerequisite(sasl) {
+        cannot_run(&missing);
+        return None;
+    }
+    Some(Broker::local(Arc::new(LocalKafka::start(nodes, sasl))))
+}
+
+/// The broker of one scenario.
 pub struct Broker {
+    /// PLAINTEXT bootstrap (the test's own clients use it; on a SASL_SSL
+    /// cluster the daemon gets `cluster.sasl.bootstrap`).
     pub bootstrap: String,
-    pub tansu: Option<Tansu>,
+    /// Replication factor of the topics the tests create (-1: the broker's default).
+    pub replication: i32,
+    pub cluster: Option<Arc<LocalKafka>>,
     /// Held so the container lives as long as the test's broker.
     _container: Option<KafkaContainer>,
 }
 
 impl Broker {
-    pub fn for_target(target: &Target) -> Broker {
-        match target {
-            Target::External(bootstrap) => Broker {
-                bootstrap: bootstrap.clone(),
-                tansu: None,
-                _container: None,
-            },
-            Target::Tansu(bin) => {
-                let tansu = Tansu::start(bin);
-                Broker {
-                    bootstrap: tansu.bootstrap(),
-                    tansu: Some(tansu),
-                    _container: None,
-                }
-            }
-            Target::Docker => {
-                let container = KafkaContainer::start();
-                Broker {
-                    bootstrap: container.bootstrap.clone(),
-                    tansu: None,
-                    _container: Some(container),
-                }
-            }
+    fn local(cluster: Arc<LocalKafka>) -> Broker {
+        Broker {
+            bootstrap: cluster.bootstrap.clone(),
+            replication: cluster.nodes.min(3) as i32,
+            cluster: Some(cluster),
+            _container: None,
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap)
-            .set("log_level", "3");
-        c
+    /// The local cluster (panics for other targets).
+    pub fn local_kafka(&self) -> &LocalKafka {
+        self.cluster
+            .as_deref()
+            .expect("this scenario runs on a local Kafka cluster")
     }
 
     /// Creates the topics through the Kafka admin API (so the same code works
-    /// against any cluster) and waits until their metadata shows every partition.
+    /// against any cluster) and waits until their metadata shows every
+    /// partition with a leader.
     pub fn create_topic(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config().create().expect("admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.replication));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
         let results = futures::executor::block_on(admin.create_topics([&topic], &options))
             .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
@@ -337,33 +274,69 @@ impl Broker {
                 Err((topic, code)) => panic!("create topic {topic}: {code}"),
             }
         }
-        let consumer: BaseConsumer = self.client_config().create().expect("consumer");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let seen = consumer
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == name && t.error().is_none())
-                        .map(|t| t.partitions().len() as i32)
-                });
-            if seen == Some(partitions) {
+            let seen = self.leaders(name);
+            if seen.len() == partitions as usize && seen.iter().all(|&l| l >= 0) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "topic {name}: metadata shows {seen:?} partitions, expected {partitions}"
+                "topic {name}: metadata shows leaders {seen:?}, expected {partitions} partitions"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// The leader (broker id; -1 none) of each partition of `topic`, as the
+    /// metadata says now; empty when the metadata cannot be read.
+    pub fn leaders(&self, topic: &str) -> Vec<i32> {
+        let consumer: BaseConsumer = self.client_config().create().expect("consumer");
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| {
+                        let mut parts: Vec<(i32, i32)> = t
+                            .partitions()
+                            .iter()
+                            .map(|p| (p.id(), p.leader()))
+                            .collect();
+                        parts.sort();
+                        parts.into_iter().map(|(_, l)| l).collect()
+                    })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The in-sync replicas of each partition of `topic`.
+    pub fn isr(&self, topic: &str) -> Vec<Vec<i32>> {
+        let consumer: BaseConsumer = self.client_config().create().expect("consumer");
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| t.partitions().iter().map(|p| p.isr().to_vec()).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("log_level", "3");
+        c
+    }
+
     pub fn producer(&self) -> FutureProducer {
         self.client_config()
             .set("linger.ms", "20")
-            .set("batch.num.messages", "500")
             .set("queue.buffering.max.messages", "200000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -387,13 +360,57 @@ impl Broker {
 
     /// A client that reads the offsets `group` committed.
     pub fn offsets_reader(&self, group: &str) -> OffsetsReader {
+        self.offsets_reader_with(group, "read_committed")
+    }
+
+    /// The same with `isolation.level` = `isolation`. librdkafka asks for
+    /// stable offsets under read_committed (KIP-447): while a transaction
+    /// that commits offsets for the group is open, the broker answers
+    /// UNSTABLE_OFFSET_COMMIT until it ends. `read_uncommitted` reads the
+    /// last committed offsets at once.
+    pub fn offsets_reader_with(&self, group: &str, isolation: &str) -> OffsetsReader {
         let consumer: BaseConsumer = self
             .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create()
             .expect("consumer");
         OffsetsReader { consumer }
+    }
+
+    /// Every record of partitions 0..n of `topic` as (key, payload), read from
+    /// the beginning up to the high watermarks as of this call.
+    pub fn records(&self, topic: &str, partitions: i32) -> Vec<KeyAndPayload> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "e2e-topic-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let high = self.high_watermarks(topic, partitions);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut position = vec![0i64; partitions as usize];
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while position.iter().zip(&high).any(|(p, h)| p < h) {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: read up to {position:?} of {high:?} in 60 s"
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = message.unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+            position[m.partition() as usize] = m.offset() + 1;
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+        }
+        out
     }
 
     /// Dead-letter records of `topic` (one partition), read from the beginning
@@ -421,6 +438,10 @@ impl OffsetsReader {
             .consumer
             .committed_offsets(tpl, Duration::from_secs(5))
             .ok()?;
+        // A partition with an error (the coordinator moving): no answer.
+        if committed.elements().iter().any(|e| e.error().is_err()) {
+            return None;
+        }
         Some(
             (0..partitions)
                 .map(
@@ -453,6 +474,9 @@ impl OffsetsReader {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub reason: String,
+    /// `dead_lettered_at_ms`: set once per write, so two records with the
+    /// same source and this are one write stored twice.
+    pub at_ms: String,
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
@@ -490,22 +514,41 @@ impl DlqReader {
 
     /// Reads until the high watermark as of this call.
     pub fn catch_up(&mut self) {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("watermarks of {}: {e}", self.topic));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Err(e) = self.try_catch_up(Duration::from_secs(60)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Reads until the high watermark as of this call; an error (the
+    /// broker unreachable, a leader moving) when that takes longer than
+    /// `timeout`. What was read so far stays read.
+    pub fn try_catch_up(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let high = loop {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
+            {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("watermarks of {}: {e}", self.topic))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
         while self.position < high {
-            assert!(
-                Instant::now() < deadline,
-                "dead-letter topic {}: read up to {} of {high} in 60 s",
-                self.topic,
-                self.position
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "dead-letter topic {}: read up to {} of {high} in {timeout:?}",
+                    self.topic, self.position
+                ));
+            }
             let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let m = message.unwrap_or_else(|e| panic!("reading {}: {e}", self.topic));
+            let Ok(m) = message else {
+                continue;
+            };
             self.position = m.offset() + 1;
             let mut headers: HashMap<String, String> = HashMap::new();
             if let Some(h) = m.headers() {
@@ -519,6 +562,7 @@ impl DlqReader {
             let header = |k: &str| headers.get(k).cloned().unwrap_or_default();
             self.records.push(DeadLetter {
                 reason: header("reason"),
+                at_ms: header("dead_lettered_at_ms"),
                 source_topic: header("source_topic"),
                 source_partition: header("source_partition").parse().unwrap_or(-1),
                 source_offset: header("source_offset").parse().unwrap_or(-1),
@@ -526,6 +570,7 @@ impl DlqReader {
                 payload: m.payload().map(<[u8]>::to_vec),
             });
         }
+        Ok(())
     }
 }
 
@@ -598,3 +643,6 @@ pub async fn produce(
         positions,
     }
 }
+
+/// A record's key and payload, as read back.
+pub type KeyAndPayload = (Option<Vec<u8>>, Option<Vec<u8>>);

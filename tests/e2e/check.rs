@@ -2,6 +2,8 @@
 //! deleted, every poison event dead-lettered, the group's offsets at the end of
 //! every partition, the API contract kept. Plus a sampler that watches the
 //! committed offsets during a run and proves nothing was committed early.
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::fake_api::FakeCleverTap;
 use clevertap_deleter::synth::ExpectedDeletion;
 
 use super::broker::{Broker, DlqReader, OffsetsReader, Produced};
-use super::daemon::{Api, Daemon, Key, ACCOUNT_LIMIT};
+use super::daemon::{Api, Daemon, Fakes, Key, ACCOUNT_LIMIT};
 use crate::common::account_id;
 
 /// A poison event: the reason it must be dead-lettered with, and its
@@ -310,6 +311,46 @@ pub struct Samples {
     pub events_checked: usize,
 }
 
+impl Samples {
+    /// Nothing committed before it was finished, no committed offset moved
+    /// back, and the sampler saw the commits (at least `min_checked` events
+    /// checked against a committed offset).
+    pub fn assert_strict(&self, label: &str, min_checked: usize) {
+        assert!(
+            self.early_commits.is_empty(),
+            "[{label}] committed before finished: {:?}",
+            &self.early_commits[..self.early_commits.len().min(10)]
+        );
+        assert!(
+            self.backwards.is_empty(),
+            "[{label}] committed offsets moved back (time of the sample before, of the sample, \
+             partition, from, to): {:?}",
+            self.backwards
+        );
+        assert!(
+            self.events_checked >= min_checked,
+            "[{label}] the sampler saw too few commits: {} events checked, expected at least \
+             {min_checked}",
+            self.events_checked
+        );
+    }
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} commit samples ({} unanswered), {} events checked against a committed offset, \
+             early commits {}, moves back {}",
+            self.samples,
+            self.unanswered,
+            self.events_checked,
+            self.early_commits.len(),
+            self.backwards.len()
+        )
+    }
+}
+
 /// Watches the group's committed offsets while the daemons run. At every
 /// sample: read the committed offsets first, then what the fake deleted and
 /// what the dead-letter topic holds. Deletions and dead letters only grow, and
@@ -326,27 +367,57 @@ impl CommitSampler {
         broker: &Broker,
         expected: Arc<Expected>,
         group: &str,
-        fakes: Vec<FakeCleverTap>,
+        fakes: Fakes,
+        interval: Duration,
+    ) -> CommitSampler {
+        let dlq = DlqReader::new(broker, &expected.dlq_topic());
+        let (topic, partitions) = (expected.topic.clone(), expected.partitions);
+        Self::spawn(
+            broker,
+            &topic,
+            partitions,
+            group,
+            Some((expected, fakes, dlq)),
+            interval,
+        )
+    }
+
+    /// Only watches that no committed offset moves back (for a run whose
+    /// events are not all known when it starts).
+    pub fn backwards_only(
+        broker: &Broker,
+        topic: &str,
+        partitions: i32,
+        group: &str,
+        interval: Duration,
+    ) -> CommitSampler {
+        Self::spawn(broker, topic, partitions, group, None, interval)
+    }
+
+    fn spawn(
+        broker: &Broker,
+        topic: &str,
+        partitions: i32,
+        group: &str,
+        mut early: Option<(Arc<Expected>, Fakes, DlqReader)>,
         interval: Duration,
     ) -> CommitSampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let latest = Arc::new(Mutex::new(vec![-1; expected.partitions as usize]));
+        let latest = Arc::new(Mutex::new(vec![-1; partitions as usize]));
         let reader = broker.offsets_reader(group);
-        let mut dlq = DlqReader::new(broker, &expected.dlq_topic());
+        let topic = topic.to_string();
         let thread = {
             let stop = stop.clone();
             let latest = latest.clone();
             std::thread::spawn(move || {
                 let mut s = Samples::default();
                 // Per partition: offsets below this were already verified.
-                let mut verified = vec![0i64; expected.partitions as usize];
-                let mut previous = vec![-1i64; expected.partitions as usize];
+                let mut verified = vec![0i64; partitions as usize];
+                let mut previous = vec![-1i64; partitions as usize];
                 let mut previous_at = super::cgrp::now_secs();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
-                    let Some(committed) =
-                        reader.try_committed(&expected.topic, expected.partitions)
-                    else {
+                    let Some(committed) = reader.try_committed(&topic, partitions) else {
                         s.unanswered += 1;
                         continue;
                     };
@@ -360,14 +431,22 @@ impl CommitSampler {
                     previous.clone_from(&committed);
                     previous_at = at;
                     *latest.lock().unwrap() = committed.clone();
+                    let Some((expected, fakes, dlq)) = early.as_mut() else {
+                        continue;
+                    };
                     if committed.iter().zip(&verified).all(|(c, v)| c <= v) {
                         continue;
                     }
                     let mut deleted: HashSet<Key> = HashSet::new();
-                    for fake in &fakes {
+                    for fake in fakes.lock().unwrap().iter() {
                         deleted.extend(fake.deletion_counts().into_keys());
                     }
-                    dlq.catch_up();
+                    // The broker may be down or moving leaders: this sample
+                    // is then checked at a later one.
+                    if dlq.try_catch_up(Duration::from_secs(10)).is_err() {
+                        s.unanswered += 1;
+                        continue;
+                    }
                     let dead: HashSet<(i32, i64)> = dlq
                         .records
                         .iter()

@@ -2,6 +2,8 @@
 //! FILE`), the way it runs in production: configuration, start, scrape,
 //! SIGTERM, SIGKILL, resident memory. And the fake CleverTap API it talks to,
 //! served from a runtime of its own so the tests themselves can block.
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -37,6 +39,9 @@ pub fn config_toml(
     let e2e = format!(
         r#"
 [api]
+# The daemon's default: a client timeout abandons a request the API may
+# still be working on (it would then count against the account's limit).
+timeout_ms = 10000
 max_concurrency = 10
 retry_initial_ms = 20
 retry_max_ms = 500
@@ -136,6 +141,7 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn clevertap-deleter run");
+        reap_on_exit(child.id(), dir.path());
         Daemon {
             name: name.to_string(),
             port,
@@ -226,6 +232,10 @@ impl Daemon {
         Some((rss, hwm))
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     pub fn stderr_path(&self) -> PathBuf {
         self.dir.path().join("stderr")
     }
@@ -285,6 +295,33 @@ impl Drop for Daemon {
     }
 }
 
+/// Makes sure daemon `pid` (working directory `dir`) dies when this test
+/// process does, however it ends (a panic, SIGTERM, SIGKILL): a detached
+/// shell collects "pid dir" lines on a pipe only this process holds, and at
+/// end-of-file kills each pid that still runs in its directory.
+fn reap_on_exit(pid: u32, dir: &std::path::Path) {
+    use std::sync::{Mutex, OnceLock};
+    static REAPER: OnceLock<Mutex<Option<std::process::ChildStdin>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let script = "list=''; while read -r pid dir; do list=\"$list $pid:$dir\"; done; \
+                      for e in $list; do pid=${e%%:*}; dir=${e#*:}; \
+                      [ \"$(readlink /proc/$pid/cwd 2>/dev/null)\" = \"$dir\" ] && kill -9 \"$pid\"; \
+                      done; exit 0";
+        let child = Command::new("setsid")
+            .args(["sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        Mutex::new(child.and_then(|mut c| c.stdin.take()))
+    });
+    if let Some(stdin) = reaper.lock().unwrap().as_mut() {
+        let _ = writeln!(stdin, "{pid} {}", dir.display());
+        let _ = stdin.flush();
+    }
+}
+
 /// When a test fails, its scratch directories (configuration, logs, sqlite
 /// file) are kept for inspection and their paths printed.
 pub fn keep_if_panicking(dir: &mut tempfile::TempDir, what: &str) {
@@ -304,9 +341,14 @@ pub struct Api {
     rt: tokio::runtime::Runtime,
     pub fake: FakeCleverTap,
     retired: Vec<FakeCleverTap>,
+    /// Every incarnation, shared with observers (the commit sampler).
+    incarnations: Fakes,
     config: FakeApiConfig,
     down: bool,
 }
+
+/// Every incarnation of the fake API so far.
+pub type Fakes = std::sync::Arc<std::sync::Mutex<Vec<FakeCleverTap>>>;
 
 impl Api {
     pub fn start(latency: Duration, faults: Faults) -> Api {
@@ -334,10 +376,21 @@ impl Api {
                 listen: fake.addr(),
                 ..config
             },
+            incarnations: std::sync::Arc::new(std::sync::Mutex::new(vec![fake.clone()])),
             fake,
             retired: Vec::new(),
             down: false,
         }
+    }
+
+    /// Every incarnation of the fake, now and after `bring_back`.
+    pub fn incarnations(&self) -> Fakes {
+        self.incarnations.clone()
+    }
+
+    /// Whether the API refuses connections now.
+    pub fn is_down(&self) -> bool {
+        self.down
     }
 
     pub fn endpoint(&self) -> String {
@@ -370,6 +423,7 @@ impl Api {
                 }
             }
         };
+        self.incarnations.lock().unwrap().push(fake.clone());
         self.retired.push(std::mem::replace(&mut self.fake, fake));
         self.down = false;
     }
