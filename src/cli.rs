@@ -284,7 +284,11 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            runtime.block_on(run_daemon(cfg))
+            let code = runtime.block_on(run_daemon(cfg));
+            // A consumer thread still closing (see pipeline::run) must not
+            // hold the exit: dropping the runtime would wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::api::{classify, split_confirmed, DeleteApi, Hold, Unconfirmed, Verdict};
+use crate::api::{
+    classify, split_confirmed, ApiReply, DeleteApi, Hold, TransportError, Unconfirmed, Verdict,
+};
 use crate::backoff::Backoff;
 use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
@@ -65,6 +67,19 @@ struct AccountLane {
     probe: tokio::sync::Mutex<()>,
     /// Batches handed to this lane and not finished (waiting or in flight).
     pending: AtomicUsize,
+    /// When CleverTap last answered (any HTTP status) and how many requests
+    /// got no answer since: tells an unreachable region from a lost reply.
+    answers: std::sync::Mutex<AnswerWatch>,
+}
+
+/// A region is reported unreachable after this many requests in a row got
+/// no answer (refused, reset, timed out) over at least `UNREACHABLE_AFTER`.
+const UNREACHABLE_NO_ANSWERS: u32 = 3;
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
+
+struct AnswerWatch {
+    last_answer: Instant,
+    no_answers: u32,
 }
 
 #[derive(Clone)]
@@ -106,6 +121,10 @@ impl Dispatcher {
                         limiter: AimdLimiter::new(settings.max_concurrency),
                         probe: tokio::sync::Mutex::new(()),
                         pending: AtomicUsize::new(0),
+                        answers: std::sync::Mutex::new(AnswerWatch {
+                            last_answer: Instant::now(),
+                            no_answers: 0,
+                        }),
                     }),
                 )
             })
@@ -248,6 +267,7 @@ impl DispatcherInner {
                 .api_requests
                 .with_label_values(&[region, status_metric])
                 .inc();
+            self.note_reachability(lane, &result);
 
             let verdict = match classify(&result) {
                 // A success that names ids it did not process: the others are
@@ -414,6 +434,39 @@ impl DispatcherInner {
         }
     }
 
+    /// Readiness names a region whose requests get no answer at all for a
+    /// while (the endpoint refuses connections or never replies); any HTTP
+    /// answer clears it. Lost replies among answers do not count.
+    fn note_reachability(&self, lane: &AccountLane, result: &Result<ApiReply, TransportError>) {
+        let region = lane.account.name.as_str();
+        let mut watch = lane.answers.lock().expect("answers lock");
+        match result {
+            Ok(_) => {
+                watch.last_answer = Instant::now();
+                watch.no_answers = 0;
+                if self.health.set_region_unreachable(region, false) {
+                    tracing::info!(region, "region reachable again: CleverTap answers");
+                }
+            }
+            Err(TransportError::InvalidRequest) => {}
+            Err(e) => {
+                watch.no_answers += 1;
+                if watch.no_answers >= UNREACHABLE_NO_ANSWERS
+                    && watch.last_answer.elapsed() >= UNREACHABLE_AFTER
+                    && self.health.set_region_unreachable(region, true)
+                {
+                    tracing::error!(
+                        region,
+                        error = e.as_str(),
+                        no_answers = watch.no_answers,
+                        since_secs = watch.last_answer.elapsed().as_secs(),
+                        "region unreachable: no answer from CleverTap; retrying, nothing is committed past its events"
+                    );
+                }
+            }
+        }
+    }
+
     /// CleverTap confirmed every id of `batch`: release a held region, count
     /// and report it.
     fn on_deleted(&self, lane: &AccountLane, batch: DeleteBatch, attempt: u32, status: &str) {
@@ -541,6 +594,38 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_region_that_never_answers_is_not_ready_until_it_answers_again() {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answering = up.clone();
+        let api = Arc::new(ScriptedApi {
+            answer: Box::new(move |_, _| {
+                if answering.load(Ordering::Relaxed) {
+                    reply(200, r#"{"status":"success"}"#)
+                } else {
+                    Err(TransportError::Connect)
+                }
+            }),
+            calls: Mutex::new(Vec::new()),
+        });
+        let (d, mut rx, health) = setup(api.clone());
+        let unreachable = || {
+            health
+                .readiness()
+                .is_err_and(|r| r.iter().any(|l| l.starts_with("region eu1: unreachable")))
+        };
+        d.dispatch(batch(&["a"]));
+        // Refused connections alone, for long enough: readiness names the region.
+        wait_until("the region reported unreachable", unreachable).await;
+        assert!(api.calls.lock().unwrap().len() as u32 >= UNREACHABLE_NO_ANSWERS);
+        up.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            rx.recv().await,
+            Some(DispatchReport::Deleted { .. })
+        ));
+        assert!(!unreachable(), "an answer clears the region");
     }
 
     #[tokio::test]

@@ -21,6 +21,10 @@ pub fn any_broker_up(stats: &Statistics) -> bool {
 /// The `/readyz` line of a region held because CleverTap answers 401/403/404.
 pub const HELD_REFUSED: &str = "held, CleverTap refuses the credentials or endpoint";
 
+/// The `/readyz` line of a region whose endpoint gives no answer.
+pub const UNREACHABLE: &str =
+    "unreachable, no answer from CleverTap (connection refused, reset or timed out)";
+
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<HealthInner>,
@@ -33,6 +37,8 @@ struct HealthInner {
     stopping: AtomicBool,
     /// Held regions and the `/readyz` line saying why.
     held_regions: Mutex<BTreeMap<String, &'static str>>,
+    /// Regions whose requests get no answer at all (see `dispatch`).
+    unreachable_regions: Mutex<std::collections::BTreeSet<String>>,
     /// Dead-letter or audit writers held by an error only an operator can
     /// end, with what to do about it.
     held_writers: Mutex<BTreeMap<&'static str, String>>,
@@ -45,6 +51,7 @@ impl Health {
                 kafka_connected: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 held_regions: Mutex::new(BTreeMap::new()),
+                unreachable_regions: Mutex::new(std::collections::BTreeSet::new()),
                 held_writers: Mutex::new(BTreeMap::new()),
             }),
             metrics,
@@ -125,6 +132,16 @@ impl Health {
         changed
     }
 
+    /// Marks a region unreachable or reachable. Returns true if it changed.
+    pub fn set_region_unreachable(&self, region: &str, unreachable: bool) -> bool {
+        let mut regions = self.inner.unreachable_regions.lock().expect("health lock");
+        if unreachable {
+            regions.insert(region.to_string())
+        } else {
+            regions.remove(region)
+        }
+    }
+
     pub fn region_held(&self, region: &str) -> bool {
         self.inner
             .held_regions
@@ -158,6 +175,15 @@ impl Health {
         }
         for (region, why) in self.inner.held_regions.lock().expect("health lock").iter() {
             reasons.push(format!("region {region}: {why}"));
+        }
+        for region in self
+            .inner
+            .unreachable_regions
+            .lock()
+            .expect("health lock")
+            .iter()
+        {
+            reasons.push(format!("region {region}: {UNREACHABLE}"));
         }
         for (writer, remedy) in self.inner.held_writers.lock().expect("health lock").iter() {
             reasons.push(format!("{writer} writes held: {remedy}"));

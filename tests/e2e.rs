@@ -1109,16 +1109,9 @@ fn e2e_4d_kip848_refuses_classic_only_properties() {
 
 // ------------------------------------------------------------ 6b. a region unreachable
 
-/// The requirement: readiness red while a region (its CleverTap
-/// endpoint) is unreachable, green again once it answers.
-///
-/// The daemon today holds (and reports not-ready for) a region only on
-/// 401/403/404; connection errors are retried without touching readiness,
-/// so this fails: /readyz stays 200 while every request for the region is
-/// refused. Reported to the daemon's owner (src/dispatch.rs, src/health.rs);
-/// remove the `ignore` with the fix.
+/// Readiness red while a region (its CleverTap endpoint) is unreachable,
+/// naming the region, and green again once it answers; nothing lost.
 #[test]
-#[ignore = "daemon gap: /readyz stays 200 while a region's endpoint refuses connections (reported; src/dispatch.rs + src/health.rs)"]
 fn e2e_6b_readiness_red_while_a_region_is_unreachable() {
     let Some((_serial, world)) = begin("unreachable", 2) else {
         return;

@@ -213,22 +213,40 @@ impl Member {
 impl Member {
     /// (generation, partition) pairs: the partitions this member owned at
     /// any moment while it was in that generation (member epoch).
+    ///
+    /// A partition carried into a new generation and removed within
+    /// [`LOG_TIME_PRECISION`] of the bump was being given up as part of it:
+    /// under KIP-848 librdkafka logs the new member epoch before it revokes
+    /// what the new target assignment no longer holds, and the next owner
+    /// gets it only after that revocation (the time-overlap check still
+    /// covers it).
     pub fn owned_by_generation(&self) -> BTreeSet<(i32, i32)> {
         let mut out = BTreeSet::new();
         let mut owned: BTreeSet<i32> = BTreeSet::new();
         let mut generation = -1;
-        for (_, e) in &self.events {
+        // (generation, partition) carried over at a bump, and when.
+        let mut carried: BTreeMap<(i32, i32), f64> = BTreeMap::new();
+        for (t, e) in &self.events {
             match e {
                 Event::Generation(g) => {
                     generation = *g;
-                    out.extend(owned.iter().map(|p| (generation, *p)));
+                    for p in &owned {
+                        out.insert((generation, *p));
+                        carried.insert((generation, *p), *t);
+                    }
                 }
                 Event::Start(p) => {
                     owned.insert(*p);
                     out.insert((generation, *p));
+                    carried.remove(&(generation, *p));
                 }
                 Event::Remove(p) => {
                     owned.remove(p);
+                    if let Some(bumped) = carried.remove(&(generation, *p)) {
+                        if t - bumped <= LOG_TIME_PRECISION {
+                            out.remove(&(generation, *p));
+                        }
+                    }
                 }
                 Event::Commit(..) | Event::Lost | Event::CommitResult(..) => {}
             }
