@@ -59,41 +59,7 @@ pub trait DeleteApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<ApiReply, TransportError>>;
 }
 
-/// Why a request is retried; the `reason` label of the retry metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetryReason {
-    TooManyRequests,
-    ServerError,
-    Timeout,
-    Connection,
-    /// An answer the contract does not describe (a 3xx, a 418, ...).
-    Unexpected,
-    /// A 2xx that does not confirm the deletion ([`Verdict::Unconfirmed`]);
-    /// retried `api.unconfirmed_retries` times.
-    Unconfirmed,
-}
-
-impl RetryReason {
-    pub const ALL: [RetryReason; 6] = [
-        RetryReason::TooManyRequests,
-        RetryReason::ServerError,
-        RetryReason::Timeout,
-        RetryReason::Connection,
-        RetryReason::Unexpected,
-        RetryReason::Unconfirmed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::TooManyRequests => "too_many_requests",
-            RetryReason::ServerError => "server_error",
-            RetryReason::Timeout => "timeout",
-            RetryReason::Connection => "connection",
-            RetryReason::Unexpected => "unexpected",
-            RetryReason::Unconfirmed => "unconfirmed",
-        }
-    }
-}
+pub use crate::outcome::RetryReason;
 
 /// What to do with a batch after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,7 +492,7 @@ pub struct HttpDeleteApi {
     client: reqwest::Client,
 }
 
-pub const DELETE_PATH: &str = "/1/delete/profiles.json";
+pub use crate::config::DELETE_PATH;
 
 impl HttpDeleteApi {
     pub fn new(timeout: Duration, pool_per_host: usize) -> Result<Self, reqwest::Error> {

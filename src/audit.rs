@@ -13,19 +13,11 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{IdKind, RegionName};
-pub use crate::ledger::AuditStatus;
 use crate::offsets::PartitionId;
+pub use crate::outcome::AuditStatus;
 use crate::produce::{KafkaWriter, Unwritable};
-use crate::secret::Secret;
 
-/// How ids appear in audit records.
-#[derive(Debug, Clone)]
-pub enum IdDisclosure {
-    Plain,
-    /// SHA-256 of salt followed by the id, hex: provable for a known id,
-    /// unreadable without it.
-    SaltedSha256(Secret),
-}
+pub use crate::config::IdDisclosure;
 
 impl IdDisclosure {
     fn show(&self, id: &str) -> String {
@@ -257,6 +249,7 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn input<'a>(ids: &'a [Arc<str>], region: &'a RegionName) -> AuditInput<'a> {
         AuditInput {

@@ -10,8 +10,8 @@ use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-pub const EXIT_FATAL: u8 = 1;
-pub const EXIT_CONFIG: u8 = 2;
+pub use crate::exit_code::{EXIT_CONFIG, EXIT_FATAL};
+pub use crate::logging::log_warnings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -125,13 +125,6 @@ fn load_and_check_or_exit(path: Option<&std::path::Path>) -> Result<Config, Exit
             eprintln!("clevertap-deleter: {e}");
             Err(ExitCode::from(EXIT_CONFIG))
         }
-    }
-}
-
-/// Logs the configuration's warnings, once logging is set up.
-pub fn log_warnings(config: &Config) {
-    for warning in &config.warnings {
-        tracing::warn!(%warning, "configuration warning");
     }
 }
 

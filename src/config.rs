@@ -482,6 +482,18 @@ impl Default for LogSettings {
     }
 }
 
+/// The Delete User Profile API's path, appended to a region's endpoint.
+pub const DELETE_PATH: &str = "/1/delete/profiles.json";
+
+/// How ids appear in audit records (`audit.hash_ids`).
+#[derive(Debug, Clone)]
+pub enum IdDisclosure {
+    Plain,
+    /// SHA-256 of salt followed by the id, hex: provable for a known id,
+    /// unreadable without it.
+    SaltedSha256(Secret),
+}
+
 /// One CleverTap account the daemon deletes from, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct RegionAccount {
@@ -500,7 +512,7 @@ pub struct Config {
     pub batch_capacity: BatchCapacity,
     pub listen: SocketAddr,
     /// Where audit records go and how ids appear in them; `None`: no audit.
-    pub audit: Option<(String, crate::audit::IdDisclosure)>,
+    pub audit: Option<(String, IdDisclosure)>,
     /// Certificates of `api.ca_file`, trusted on top of the platform's roots.
     pub extra_roots: Vec<reqwest::Certificate>,
     /// Problems that do not stop the daemon, e.g. a secret file readable by
@@ -891,8 +903,7 @@ fn loose_mode(_path: &Path) -> Option<u32> {
 fn resolve_audit(
     settings: &Settings,
     warnings: &mut Vec<String>,
-) -> Result<Option<(String, crate::audit::IdDisclosure)>, ConfigError> {
-    use crate::audit::IdDisclosure;
+) -> Result<Option<(String, IdDisclosure)>, ConfigError> {
     let a = &settings.audit;
     let topic = match settings.kafka.audit_topic.as_deref().map(str::trim) {
         None | Some("") => {
@@ -1066,7 +1077,7 @@ fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), String> {
         return Err(format!(
             "carries the API path ({}); the daemon appends {}: set the base URL, e.g. {base}{port}",
             url.path(),
-            crate::api::DELETE_PATH
+            DELETE_PATH
         ));
     }
     match url.scheme() {
@@ -1272,33 +1283,10 @@ mod tests {
     }
 
     #[test]
-    fn group_instance_id_reaches_the_consumer_only() {
-        let c = from_toml(&format!(
-            "{MINIMAL}\n[kafka]\ngroup_instance_id = \"pod-0\""
-        ))
-        .unwrap();
-        assert_eq!(
-            crate::pipeline::consumer_config(&c).get("group.instance.id"),
-            Some("pod-0")
-        );
-        assert_eq!(
-            crate::pipeline::producer_config(&c).get("group.instance.id"),
-            None
-        );
-        let dynamic = from_toml(MINIMAL).unwrap();
-        assert_eq!(
-            crate::pipeline::consumer_config(&dynamic).get("group.instance.id"),
-            None
-        );
-    }
-
-    #[test]
     fn audit_settings() {
         assert!(from_toml(MINIMAL).unwrap().audit.is_none());
         let plain = from_toml(&format!("{MINIMAL}\n[kafka]\naudit_topic = \"audit\"")).unwrap();
-        assert!(
-            matches!(plain.audit, Some((ref t, crate::audit::IdDisclosure::Plain)) if t == "audit")
-        );
+        assert!(matches!(plain.audit, Some((ref t, IdDisclosure::Plain)) if t == "audit"));
         assert_eq!(
             err_key(&format!(
                 "{MINIMAL}\n[kafka]\naudit_topic = \"a\"\n[audit]\nhash_ids = true"
@@ -1315,7 +1303,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             hashed.audit,
-            Some((_, crate::audit::IdDisclosure::SaltedSha256(_)))
+            Some((_, IdDisclosure::SaltedSha256(_)))
         ));
         assert_eq!(
             err_key(&format!(

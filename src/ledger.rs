@@ -32,71 +32,9 @@ pub struct RawRecord {
     pub replay_count: Option<u32>,
 }
 
-/// How an event finished, the `outcome` label of `events_finished_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Finish {
-    /// At least one deletion was requested for it and all its deletions succeeded.
-    Deleted,
-    /// All its ids were already deleted or being deleted for other events.
-    Deduplicated,
-    /// The dead-letter topic acknowledged it.
-    DeadLettered,
-    /// Not an event this daemon handles.
-    Skipped,
-}
+pub use crate::outcome::Finish;
 
-impl Finish {
-    /// In discriminant order, so `ALL[f as usize] == f`.
-    pub const ALL: [Finish; 4] = [
-        Finish::Deleted,
-        Finish::Deduplicated,
-        Finish::DeadLettered,
-        Finish::Skipped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Deleted => "deleted",
-            Finish::Deduplicated => "deduplicated",
-            Finish::DeadLettered => "dead_lettered",
-            Finish::Skipped => "skipped",
-        }
-    }
-}
-
-/// What an audit record says happened to its ids (its `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditStatus {
-    /// CleverTap answered success: the profiles are marked for deletion.
-    Deleted,
-    /// CleverTap refused the id; its events went to the dead-letter topic.
-    Rejected,
-    /// CleverTap's 2xx answers for the id never said success; its events
-    /// went to the dead-letter topic (reason `unconfirmed`).
-    Unconfirmed,
-    /// The ids were confirmed deleted shortly before (the recently-deleted
-    /// memory): these events finished without a request of their own.
-    AlreadyDeleted,
-}
-
-impl AuditStatus {
-    pub const ALL: [AuditStatus; 4] = [
-        AuditStatus::Deleted,
-        AuditStatus::Rejected,
-        AuditStatus::Unconfirmed,
-        AuditStatus::AlreadyDeleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditStatus::Deleted => "deleted",
-            AuditStatus::Rejected => "rejected",
-            AuditStatus::Unconfirmed => "unconfirmed",
-            AuditStatus::AlreadyDeleted => "already_deleted",
-        }
-    }
-}
+pub use crate::outcome::AuditStatus;
 
 /// An audit record to write before the events it names may finish (audit
 /// on): the pipeline writes it and reports back with [`Ledger::audited`].
@@ -156,23 +94,7 @@ pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<Audit
     out
 }
 
-/// One owned partition as the status view shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct PartitionView {
-    pub topic: String,
-    pub partition: i32,
-    /// The offset the group coordinator last confirmed for this member.
-    pub committed: Option<i64>,
-    /// One past the last offset read.
-    pub read_up_to: Option<i64>,
-    /// What the next commit will carry: the oldest unfinished offset.
-    pub committable: Option<i64>,
-    /// Offsets read but held back behind the oldest unfinished event.
-    pub held_back: i64,
-    pub unfinished: usize,
-    pub oldest_unfinished_offset: Option<i64>,
-    pub oldest_unfinished_age_secs: Option<f64>,
-}
+pub use crate::outcome::PartitionView;
 
 /// An instruction to write one event to the dead-letter topic.
 #[derive(Debug, Clone)]

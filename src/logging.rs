@@ -21,3 +21,10 @@ pub fn init(format: &str, level: &str) {
         builder.try_init()
     };
 }
+
+/// Logs the configuration's warnings, once logging is set up.
+pub fn log_warnings(config: &crate::config::Config) {
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
+}

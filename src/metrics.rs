@@ -6,10 +6,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::api::RetryReason;
-use crate::decode::DeadLetterReason;
 use crate::ids::IdKind;
-use crate::ledger::Finish;
+use crate::outcome::{AuditStatus, DeadLetterReason, Finish, RetryReason, WriteFailure};
 
 const PREFIX: &str = "clevertap_deleter";
 
@@ -317,7 +315,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             self.commits.with_label_values(&[r]);
         }
-        for s in crate::ledger::AuditStatus::ALL {
+        for s in AuditStatus::ALL {
             self.audit_records.with_label_values(&[s.as_str()]);
         }
         for k in ["assign", "revoke"] {
@@ -325,7 +323,7 @@ impl Metrics {
         }
         for w in KAFKA_WRITERS {
             self.kafka_writes_held.with_label_values(&[w]).set(0);
-            for r in crate::produce::WriteFailure::ALL {
+            for r in WriteFailure::ALL {
                 self.kafka_write_failures
                     .with_label_values(&[w, r.as_str()]);
             }

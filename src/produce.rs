@@ -69,45 +69,9 @@ impl ClientContext for BrokerWatch {
     }
 }
 
-/// Why a write failed: the `reason` label of `kafka_write_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// Larger than the producer or the topic accepts.
-    TooLarge,
-    /// The topic does not exist (and is not created automatically).
-    UnknownTopic,
-    /// The credentials may not write to the topic (or the cluster).
-    Authorization,
-    /// The broker refuses the record itself; retrying it as is cannot help.
-    InvalidRecord,
-    /// The producer hit a fatal error (idempotence broken): only a restart
-    /// of the process gives a new one.
-    ProducerFatal,
-    /// Anything else: timeouts, leader changes, brokers down.
-    Transient,
-}
+pub use crate::outcome::WriteFailure;
 
 impl WriteFailure {
-    pub const ALL: [WriteFailure; 6] = [
-        WriteFailure::TooLarge,
-        WriteFailure::UnknownTopic,
-        WriteFailure::Authorization,
-        WriteFailure::InvalidRecord,
-        WriteFailure::ProducerFatal,
-        WriteFailure::Transient,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteFailure::TooLarge => "too_large",
-            WriteFailure::UnknownTopic => "unknown_topic",
-            WriteFailure::Authorization => "authorization",
-            WriteFailure::InvalidRecord => "invalid_record",
-            WriteFailure::ProducerFatal => "producer_fatal",
-            WriteFailure::Transient => "transient",
-        }
-    }
-
     pub fn of(error: &KafkaError) -> WriteFailure {
         use RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {

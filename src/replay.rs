@@ -952,7 +952,7 @@ pub fn run(
 /// configuration error, 1 on a Kafka error.
 pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
     crate::logging::init(&config.settings.log.format, &config.settings.log.level);
-    crate::cli::log_warnings(config);
+    crate::logging::log_warnings(config);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match run(config, options, &mut out) {
@@ -962,13 +962,13 @@ pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
         }
         Err(ReplayError::Config(message)) => {
             eprintln!("clevertap-deleter replay-dlq: {message}");
-            ExitCode::from(crate::cli::EXIT_CONFIG)
+            ExitCode::from(crate::exit_code::EXIT_CONFIG)
         }
         Err(ReplayError::Kafka { message, done }) => {
             let _ = write!(out, "{done}");
             let _ = out.flush();
             eprintln!("clevertap-deleter replay-dlq: {message}");
-            ExitCode::from(crate::cli::EXIT_FATAL)
+            ExitCode::from(crate::exit_code::EXIT_FATAL)
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::PartitionView;
+use crate::outcome::PartitionView;
 
 /// One region (CleverTap account) as the dispatcher sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
