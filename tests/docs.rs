@@ -399,3 +399,47 @@ fn the_link_checker_knows_githubs_rules() {
         [(1, "#y".to_string()), (1, "docs/A.md#b".to_string())]
     );
 }
+
+/// The text of the README's `#### name` runbook, up to the next heading.
+fn runbook<'a>(readme: &'a str, name: &str) -> &'a str {
+    let start = readme
+        .find(&format!("\n#### {name}\n"))
+        .unwrap_or_else(|| panic!("README has no runbook for {name}"));
+    let body = &readme[start + 1..];
+    let end = body[4..].find("\n#").map_or(body.len(), |e| e + 4);
+    &body[..end]
+}
+
+#[test]
+fn runbooks_agree_with_the_rules_and_the_metrics_table() {
+    let readme = read("README.md");
+    let rules = read("deploy/prometheus/alerts.yaml");
+    // CommitFailures: the runbook names the series the rule watches, and the
+    // metrics table lists that metric with that label and value.
+    let rule = rules
+        .split("- alert: CleverTapDeleterCommitFailures\n")
+        .nth(1)
+        .expect("the CommitFailures rule");
+    let expr = rule
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("expr:"))
+        .expect("its expr");
+    let series = "clevertap_deleter_commits_total{result=\"failure\"}";
+    assert!(expr.contains(series), "{expr}");
+    assert!(
+        runbook(&readme, "CleverTapDeleterCommitFailures").contains(series),
+        "the CommitFailures runbook names {series}"
+    );
+    let row = section(&readme, "Metrics and endpoints")
+        .lines()
+        .find(|l| l.starts_with("| `clevertap_deleter_commits_total` |"))
+        .expect("the metrics table lists commits_total");
+    assert!(
+        row.contains("| counter | `result` |") && row.contains("`failure`"),
+        "{row}"
+    );
+    // DeadLetters: the runbook says how to replay them.
+    let dead = runbook(&readme, "CleverTapDeleterDeadLetters");
+    assert!(dead.contains("replay-dlq"), "{dead}");
+    assert!(dead.contains("](#replaying-dead-letters)"), "{dead}");
+}

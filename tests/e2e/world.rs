@@ -345,7 +345,6 @@ impl Drop for ReadyWatch {
 pub type ReadyAnswer = (f64, u16, Option<u16>);
 
 /// What a `ReadyWatch` saw.
-
 pub struct Readiness(pub Vec<ReadyAnswer>);
 
 impl Readiness {
