@@ -31,8 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run {
-        /// Path of the TOML configuration file.
-        #[arg(long, short)]
+        /// Path of the TOML configuration file (without it, the environment alone).
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Do everything but the API call (which is logged and counted as a success).
         #[arg(long)]
@@ -68,8 +68,8 @@ pub enum Command {
     },
     /// Move dead letters back to their source topic, in Kafka transactions.
     ReplayDlq {
-        /// Path of the TOML configuration file.
-        #[arg(long, short)]
+        /// Path of the TOML configuration file (without it, the environment alone).
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
         options: crate::replay::ReplayOptions,
@@ -89,8 +89,11 @@ pub enum Command {
     /// Kafka clients are built (not connected), so librdkafka checks every
     /// property. Exit 0 valid, 2 invalid.
     CheckConfig {
-        /// Path of the TOML configuration file.
-        #[arg(long, short)]
+        /// Path of the TOML configuration file to check. Without it, the
+        /// configuration comes from the environment alone
+        /// (CLEVERTAP_DELETER__SECTION__KEY variables, which also override the
+        /// file's values).
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Also check against the real systems, changing nothing: the brokers
         /// answer with the configured security, the topics exist, the group's

@@ -5,7 +5,7 @@ use clevertap_deleter::cli::{main_with, Cli};
 
 // Records are allocated on the consumer thread and freed on the coordinator
 // thread; glibc's malloc pays for that cross-thread traffic (measured in
-// benches/core.rs and the throughput benchmark, see README "Performance").
+// benches/core.rs and the throughput benchmark, see docs/PERFORMANCE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -435,6 +435,42 @@ fn help_exits_0_and_shows_no_secret() {
     }
 }
 
+/// Every option of every command says what it is for: no bare `--config`.
+#[test]
+fn every_option_has_a_help_text() {
+    for command in ["run", "demo", "replay-dlq", "status", "check-config"] {
+        let out = run_bin(&[command, "--help"], &[]);
+        assert_eq!(out.code(), Some(0), "{command}\n{}", out.all());
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let options = lines
+            .iter()
+            .position(|l| l.trim_end() == "Options:")
+            .unwrap_or_else(|| panic!("{command}: no Options:\n{}", out.stdout));
+        for (i, line) in lines.iter().enumerate().skip(options + 1) {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') || line.len() - trimmed.len() > 6 {
+                continue;
+            }
+            // Clap puts the help after two or more spaces, or (long help)
+            // on the next, further indented lines.
+            let inline = trimmed.split("  ").skip(1).any(|s| !s.trim().is_empty());
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let below = next.len() - next.trim_start().len() > 6 && !next.trim().is_empty();
+            assert!(inline || below, "{command}: option without help: {line}");
+        }
+    }
+    let out = run_bin(&["check-config", "--help"], &[]);
+    let config = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("--config"))
+        .expect("check-config has --config");
+    assert!(
+        config.contains("-c, --config <FILE>") && config.contains("configuration file"),
+        "{config}"
+    );
+}
+
 // ---------------------------------------------------------------- run
 
 #[test]

@@ -1305,7 +1305,7 @@ fn readme_lists_every_file_under_deploy_kubernetes() {
     for file in files_under(KUBERNETES) {
         assert!(
             readme.contains(&file),
-            "README.md does not mention {file} (Operations, Files under deploy/)"
+            "README.md does not mention {file} (Operations, Deploying on Kubernetes)"
         );
     }
     for overlay in &OVERLAYS {

@@ -4,7 +4,7 @@
 //! `KAFKA_BROKERS`, or a testcontainers container with
 //! `E2E_BROKER=testcontainers`) and the fake CleverTap API. Crashes,
 //! restarts, rebalances under both group protocols, a fenced zombie, broker
-//! and API outages, API faults. See README "Real-broker tests".
+//! and API outages, API faults. See docs/TESTING.md "Real-broker tests".
 //!
 //! A scenario that cannot run here fails, naming what is missing, unless
 //! `E2E_ALLOW_SKIP=1`. The scenarios run one at a time (they share two cores
@@ -190,7 +190,7 @@ fn e2e_2_kill9_three_times_loses_nothing() {
             committed,
             deleted: api.deletion_counts(),
         });
-        // Restarted at once: Kafka needs no delay (see README "Broker quirks").
+        // Restarted at once: Kafka needs no delay (see docs/TESTING.md "Broker quirks").
         d = world.daemon(&format!("kill9-{}", k + 1), &api, "");
     }
     let restarted = Instant::now();

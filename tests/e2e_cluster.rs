@@ -1,8 +1,8 @@
 //! The real-broker scenarios on a 3-node Apache Kafka cluster (replication
 //! factor 3, min.insync.replicas 2): a partition leader killed and restarted,
 //! the whole cluster stopped for 30 s, five kill -9 of daemon replicas less
-//! than a second apart, scaling 1 -> 3 -> 1 under load. See README
-//! "Real-broker tests".
+//! than a second apart, scaling 1 -> 3 -> 1 under load. See
+//! docs/TESTING.md "Real-broker tests".
 //!
 //! Each checks: every id deleted; the group's offsets at the end of every
 //! partition within 60 s of the last fault; every poison event in the

@@ -12,7 +12,7 @@
 //!   stopped.
 //!
 //! Each test fails when it cannot run (no Java or Maven for local-kafka),
-//! unless `E2E_ALLOW_SKIP=1`; see README "Real-broker tests".
+//! unless `E2E_ALLOW_SKIP=1`; see docs/TESTING.md "Real-broker tests".
 
 #[path = "e2e/broker.rs"]
 mod broker;

@@ -12,7 +12,7 @@
 //!   `security`, `broker` and `conf` debug contexts on.
 //!
 //! Fails when it cannot run (no Java, Maven or openssl), unless
-//! `E2E_ALLOW_SKIP=1`; see README "Real-broker tests".
+//! `E2E_ALLOW_SKIP=1`; see docs/TESTING.md "Real-broker tests".
 
 #[path = "e2e/broker.rs"]
 mod broker;

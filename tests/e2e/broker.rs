@@ -2,7 +2,7 @@
 //! create topics, produce events and read what the daemon left behind
 //! (committed offsets, high watermarks, dead letters).
 //!
-//! Which broker (see README "Real-broker tests"):
+//! Which broker (see docs/TESTING.md "Real-broker tests"):
 //! - by default, Apache Kafka 4.4.0 started by the tests through
 //!   `deploy/local-kafka/local-kafka`: one 1-node cluster shared by the
 //!   scenarios of a test binary (each with its own topics and group), and
@@ -63,7 +63,7 @@ pub fn target() -> Target {
                 other => panic!(
                     "E2E_BROKER={other:?}: expected local-kafka (the default) or testcontainers; \
                      set KAFKA_BROKERS for an existing cluster (tansu is no longer supported: \
-                     see README \"Broker quirks\")"
+                     see docs/TESTING.md \"Broker quirks\")"
                 ),
             };
             match &target {
