@@ -1206,15 +1206,19 @@ pub fn redacted_toml(settings: &Settings) -> String {
     toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
+/// The smallest valid configuration, for unit tests here and elsewhere.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+pub(crate) const TEST_MINIMAL: &str = r#"
         [regions.eu1]
         account_id = "ACC"
         passcode = "sekret-pass"
     "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = TEST_MINIMAL;
 
     #[test]
     fn minimal_config_gets_defaults() {

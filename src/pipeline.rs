@@ -805,11 +805,7 @@ impl Coordinator {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
-        [regions.eu1]
-        account_id = "ACC"
-        passcode = "sekret-pass"
-    "#;
+    use crate::config::TEST_MINIMAL as MINIMAL;
 
     #[test]
     fn group_instance_id_reaches_the_consumer_only() {
