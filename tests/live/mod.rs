@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 pub const DASHBOARD: &str = "deploy/grafana/clevertap-deleter.json";
 pub const ALERTS: &str = "deploy/prometheus/alerts.yaml";
-pub const SERVICE_MONITOR: &str = "deploy/kubernetes/servicemonitor.yaml";
-pub const KEDA: &str = "deploy/kubernetes/keda-scaledobject.yaml";
+pub const SERVICE_MONITOR: &str = "deploy/kubernetes/components/servicemonitor/servicemonitor.yaml";
+pub const KEDA: &str = "deploy/kubernetes/components/keda/scaledobject.yaml";
 const ENV_PREFIX: &str = "CLEVERTAP_DELETER__";
 
 /// Metrics that deploy/ may use although the daemon does not export them,
