@@ -7,13 +7,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::batch::BatchCapacity;
 use clevertap_deleter::config::from_toml;
-use clevertap_deleter::decode::{Decoded, EventDecoder};
-use clevertap_deleter::ledger::{Ledger, LedgerSettings, Progress, RawRecord};
-use clevertap_deleter::offsets::PartitionId;
-use clevertap_deleter::source::SOURCE_CHUNK;
-use clevertap_deleter::synth::{generate, SynthSpec};
+use clevertap_deleter::domain::batch::BatchCapacity;
+use clevertap_deleter::domain::ledger::{Ledger, LedgerSettings, Progress, RawRecord};
+use clevertap_deleter::domain::offsets::PartitionId;
+use clevertap_deleter::input::decode::{Decoded, EventDecoder};
+use clevertap_deleter::input::source::SOURCE_CHUNK;
+use clevertap_deleter::testkit::synth::{generate, SynthSpec};
 
 // The daemon's allocator (src/main.rs), so the figures are the daemon's.
 #[global_allocator]

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 #[path = "../tests/e2e/local_kafka.rs"]
 mod local_kafka;
 
-use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
-use clevertap_deleter::synth::{generate, SynthSpec};
+use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
+use clevertap_deleter::testkit::synth::{generate, SynthSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;

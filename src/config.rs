@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::BatchCapacity;
-use crate::ids::RegionName;
-use crate::secret::{Secret, REDACTED};
+use crate::domain::batch::BatchCapacity;
+use crate::domain::ids::RegionName;
+use crate::domain::secret::{Secret, REDACTED};
 
 mod sources;
 pub use sources::env_var_for;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clevertap_deleter::cli::{main_with, Cli};
+use clevertap_deleter::app::cli::{main_with, Cli};
 
 // Records are allocated on the consumer thread and freed on the coordinator
 // thread; glibc's malloc pays for that cross-thread traffic (measured in

@@ -6,8 +6,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use clevertap_deleter::audit::salted_sha256;
-use clevertap_deleter::synth::{generate, SynthSpec};
+use clevertap_deleter::output::audit::salted_sha256;
+use clevertap_deleter::testkit::synth::{generate, SynthSpec};
 use common::*;
 use rdkafka::types::RDKafkaRespErr;
 
@@ -41,7 +41,7 @@ async fn every_deletion_is_audited_before_its_offsets_are_committed() {
     assert_ne!(unconfirmed_id, rejected_id);
     api.odd_ids(
         [unconfirmed_id.clone()],
-        clevertap_deleter::fake_api::OddAnswer::Empty,
+        clevertap_deleter::testkit::fake_api::OddAnswer::Empty,
     );
     // The audit topic refuses writes: deletions happen, nothing may commit.
     kafka

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::ids::IdKind;
-use clevertap_deleter::synth::{generate, ExpectedDeletion, SynthSpec};
+use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthSpec};
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");

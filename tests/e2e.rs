@@ -29,9 +29,9 @@ mod world;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::fake_api::Faults;
-use clevertap_deleter::synth::{generate, SynthSpec};
-use clevertap_deleter::{pipeline, source};
+use clevertap_deleter::testkit::fake_api::Faults;
+use clevertap_deleter::testkit::synth::{generate, SynthSpec};
+use clevertap_deleter::{app::pipeline, input::source};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

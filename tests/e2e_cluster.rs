@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::fake_api::Faults;
-use clevertap_deleter::{config, pipeline};
+use clevertap_deleter::testkit::fake_api::Faults;
+use clevertap_deleter::{app::pipeline, config};
 
 use check::{verify, wait_fully_committed, Expected, Outcome};
 use daemon::{Api, Daemon, Key};
@@ -62,7 +62,7 @@ fn audit_topic(world: &World) -> String {
 }
 
 /// The daemon's dead-letter and audit producer (one producer, see
-/// src/pipeline.rs) is idempotent with acks=all under this configuration.
+/// src/app/pipeline.rs) is idempotent with acks=all under this configuration.
 fn assert_producer_settings(config_text: &str) {
     let config = config::from_toml(config_text).expect("valid daemon configuration");
     let producer = pipeline::producer_config(&config);
@@ -83,8 +83,8 @@ fn verify_audit(world: &World, topic: &str, expected: &Expected) -> (usize, usiz
         }
         let account = v["account_id"].as_str().unwrap_or_default().to_string();
         let kind = match v["kind"].as_str() {
-            Some("identity") => clevertap_deleter::ids::IdKind::Identity,
-            Some("guid") => clevertap_deleter::ids::IdKind::Guid,
+            Some("identity") => clevertap_deleter::domain::ids::IdKind::Identity,
+            Some("guid") => clevertap_deleter::domain::ids::IdKind::Guid,
             other => panic!("audit record with kind {other:?}: {v}"),
         };
         for id in v["ids"].as_array().expect("ids") {

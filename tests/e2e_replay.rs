@@ -34,8 +34,8 @@ use std::process::{Command, Stdio};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
+use clevertap_deleter::app::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use clevertap_deleter::config::{self, Config};
-use clevertap_deleter::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use common::{config_toml, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;

@@ -30,7 +30,7 @@ mod world;
 
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::fake_api::Faults;
+use clevertap_deleter::testkit::fake_api::Faults;
 
 use check::{verify, wait_fully_committed, Expected};
 use daemon::{metric_sum, Api, Daemon};

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use clevertap_deleter::api::{
+use clevertap_deleter::clevertap::api::{
     classify, parse_retry_after, split_confirmed, ApiReply, Hold, RetryReason, TransportError,
     Verdict, MAX_BODY_BYTES, MAX_MESSAGE_CHARS,
 };

@@ -14,9 +14,9 @@
 use std::collections::HashSet;
 
 use clevertap_deleter::config::{EventSettings, RegionAccount};
-use clevertap_deleter::decode::{DeadLetterReason, Decoded, EventDecoder};
-use clevertap_deleter::ids::RegionName;
-use clevertap_deleter::secret::Secret;
+use clevertap_deleter::domain::ids::RegionName;
+use clevertap_deleter::domain::secret::Secret;
+use clevertap_deleter::input::decode::{DeadLetterReason, Decoded, EventDecoder};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

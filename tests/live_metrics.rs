@@ -251,11 +251,11 @@ async fn a_live_scrape_has_every_metric_deploy_uses_passes_promtool_and_matches_
 }
 
 /// One deletion event per index, regions in turn.
-fn simple_events(n: usize) -> Vec<clevertap_deleter::synth::SynthEvent> {
+fn simple_events(n: usize) -> Vec<clevertap_deleter::testkit::synth::SynthEvent> {
     (0..n)
         .map(|i| {
             let region = REGIONS[i % 3];
-            clevertap_deleter::synth::SynthEvent {
+            clevertap_deleter::testkit::synth::SynthEvent {
                 key: format!("k{i}"),
                 payload: format!(
                     r#"{{"type":"user-deleted","region":"{region}","identity":"live-u{i}"}}"#

@@ -38,7 +38,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
+use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
 use common::*;
 use live::*;
 

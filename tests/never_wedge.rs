@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::synth::SynthEvent;
+use clevertap_deleter::testkit::synth::SynthEvent;
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sha2::{Digest, Sha256};
@@ -22,7 +22,7 @@ fn huge_event(size: usize) -> SynthEvent {
         key: "huge".into(),
         payload: format!("{head}{pad}{tail}").into_bytes(),
         deletions: Vec::new(),
-        poison: Some(clevertap_deleter::decode::DeadLetterReason::TooLarge),
+        poison: Some(clevertap_deleter::input::decode::DeadLetterReason::TooLarge),
     }
 }
 
@@ -125,7 +125,7 @@ async fn a_dead_letter_topic_that_refuses_writes_holds_visibly_and_shutdown_does
     s.wait_committed(vec![100], Duration::from_secs(10)).await;
 
     // The status view says what holds the partition, from the binary too.
-    let (addr, _server) = clevertap_deleter::server::serve(
+    let (addr, _server) = clevertap_deleter::ops::server::serve(
         "127.0.0.1:0".parse().unwrap(),
         running.metrics.clone(),
         running.health.clone(),

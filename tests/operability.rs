@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use clevertap_deleter::app::pipeline::{self, PipelineError, RunSummary};
 use clevertap_deleter::config;
-use clevertap_deleter::health::Health;
-use clevertap_deleter::ids::IdKind;
-use clevertap_deleter::metrics::Metrics;
-use clevertap_deleter::pipeline::{self, PipelineError, RunSummary};
-use clevertap_deleter::synth::{generate, ExpectedDeletion, SynthEvent, SynthSpec};
+use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::ops::health::Health;
+use clevertap_deleter::ops::metrics::Metrics;
+use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthEvent, SynthSpec};
 use common::*;
 use tokio::sync::oneshot;
 
@@ -198,7 +198,7 @@ struct Served {
 async fn serve() -> Served {
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let (addr, _task): (SocketAddr, _) = clevertap_deleter::server::serve(
+    let (addr, _task): (SocketAddr, _) = clevertap_deleter::ops::server::serve(
         "127.0.0.1:0".parse().unwrap(),
         metrics.clone(),
         health.clone(),
@@ -252,7 +252,7 @@ impl Served {
     /// Runs the real pipeline with these metrics and health state.
     fn start_pipeline(&self, toml: &str) -> Pipeline {
         let cfg = config::from_toml(toml).expect("valid test config");
-        let api = clevertap_deleter::api::client_for(&cfg).expect("api client");
+        let api = clevertap_deleter::clevertap::api::client_for(&cfg).expect("api client");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(pipeline::run(
             cfg,
@@ -294,7 +294,7 @@ struct Fixture {
     topic: String,
     group: String,
     partitions: i32,
-    api: clevertap_deleter::fake_api::FakeCleverTap,
+    api: clevertap_deleter::testkit::fake_api::FakeCleverTap,
 }
 
 async fn fixture(partitions: i32) -> Fixture {
@@ -769,10 +769,11 @@ async fn json_logs_are_json_and_batch_lines_carry_their_fields() {
     let f = fixture(2).await;
     // Every request fails until the first 5xx was answered, so at least one
     // batch is retried and later succeeds with attempt > 1.
-    f.api.set_faults(clevertap_deleter::fake_api::Faults {
-        server_error: 1.0,
-        ..Default::default()
-    });
+    f.api
+        .set_faults(clevertap_deleter::testkit::fake_api::Faults {
+            server_error: 1.0,
+            ..Default::default()
+        });
     let events = generate(&SynthSpec {
         count: 300,
         poison_ratio: 0.03,
@@ -922,7 +923,7 @@ async fn json_logs_are_json_and_batch_lines_carry_their_fields() {
 /// code writes (`DeadLetterReason::ALL`, also what `replay-dlq --reason` takes).
 #[test]
 fn readme_lists_every_dead_letter_reason() {
-    use clevertap_deleter::decode::DeadLetterReason;
+    use clevertap_deleter::input::decode::DeadLetterReason;
     let readme = read("README.md");
     let section = readme
         .split("\n## Dead-letter topic\n")

@@ -6,13 +6,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use clevertap_deleter::decode::DeadLetterReason;
-use clevertap_deleter::ids::IdKind;
-use clevertap_deleter::synth::{generate, ExpectedDeletion, SynthSpec};
+use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::input::decode::DeadLetterReason;
+use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthSpec};
 use common::*;
 
 fn expected_set(
-    events: &[clevertap_deleter::synth::SynthEvent],
+    events: &[clevertap_deleter::testkit::synth::SynthEvent],
 ) -> HashSet<(String, IdKind, String)> {
     events
         .iter()
@@ -175,11 +175,12 @@ async fn a_failing_batch_holds_the_commit_until_it_succeeds() {
 async fn a_429_storm_never_exceeds_max_concurrency_and_everything_is_deleted() {
     // The fake allows 2 at once and throttles 20% at random on top.
     let s = setup(3, 2).await;
-    s.api.set_faults(clevertap_deleter::fake_api::Faults {
-        too_many: 0.2,
-        retry_after_secs: None,
-        ..Default::default()
-    });
+    s.api
+        .set_faults(clevertap_deleter::testkit::fake_api::Faults {
+            too_many: 0.2,
+            retry_after_secs: None,
+            ..Default::default()
+        });
     s.api.set_latency(Duration::from_millis(20));
     let events = simple_events(2_000, |i| REGIONS[i % 3]);
     s.kafka.produce(&s.topic, &events, |i| (i % 3) as i32).await;
@@ -228,7 +229,7 @@ async fn wrong_credentials_hold_one_region_while_others_proceed() {
     let events = simple_events(300, |i| REGIONS[i % 3]);
     s.kafka.produce(&s.topic, &events, |_| 0).await;
     let running = start(&s.toml(""));
-    let (addr, _server) = clevertap_deleter::server::serve(
+    let (addr, _server) = clevertap_deleter::ops::server::serve(
         "127.0.0.1:0".parse().unwrap(),
         running.metrics.clone(),
         running.health.clone(),
@@ -399,7 +400,7 @@ async fn ids_clevertap_rejects_are_isolated_and_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_2xx_answers_are_never_deletions_and_end_as_unconfirmed_dead_letters() {
-    use clevertap_deleter::fake_api::OddAnswer;
+    use clevertap_deleter::testkit::fake_api::OddAnswer;
     let s = setup(1, 15).await;
     let events = simple_events(60, |_| "eu1");
     s.kafka.produce(&s.topic, &events, |_| 0).await;
@@ -517,10 +518,11 @@ async fn shutdown_drains_in_flight_deletions_and_commits_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_while_the_api_is_down() {
     let s = setup(2, 15).await;
-    s.api.set_faults(clevertap_deleter::fake_api::Faults {
-        server_error: 1.0,
-        ..Default::default()
-    });
+    s.api
+        .set_faults(clevertap_deleter::testkit::fake_api::Faults {
+            server_error: 1.0,
+            ..Default::default()
+        });
     let events = simple_events(20_000, |i| REGIONS[i % 3]);
     s.kafka.produce(&s.topic, &events, |i| (i % 2) as i32).await;
     let running =
@@ -549,7 +551,7 @@ async fn memory_stays_bounded_while_the_api_is_down() {
     let consumed_at_pause = consumed();
     // The bound: the configured maximum, the source channel, and what
     // librdkafka hands out before the pause takes effect (documented slack).
-    let bound = 500 + clevertap_deleter::pipeline::SOURCE_CHANNEL_CAPACITY as i64 + 1_000;
+    let bound = 500 + clevertap_deleter::app::pipeline::SOURCE_CHANNEL_CAPACITY as i64 + 1_000;
     assert!(
         held_at_pause <= bound,
         "{held_at_pause} events in memory, above {bound}"

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use clevertap_deleter::app::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use clevertap_deleter::config::{self, Config};
-use clevertap_deleter::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -354,7 +354,7 @@ fn the_binary_exits_2_on_bad_options() {
 
 #[test]
 fn a_failed_transaction_is_aborted_and_commits_nothing() {
-    use clevertap_deleter::replay::ReplayError;
+    use clevertap_deleter::app::replay::ReplayError;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let s = setup(1);
     s.put(&[dl("k0", "not_json", None), dl("k1", "not_json", Some("4"))]);

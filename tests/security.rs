@@ -25,15 +25,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::api::{classify, RetryReason, TransportError, Verdict};
-use clevertap_deleter::batch::DeleteBatch;
+use clevertap_deleter::clevertap::api::{classify, RetryReason, TransportError, Verdict};
 use clevertap_deleter::config;
-use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
-use clevertap_deleter::health::Health;
-use clevertap_deleter::ids::{IdKind, RegionName};
-use clevertap_deleter::metrics::Metrics;
-use clevertap_deleter::server::{self, ServerLimits};
-use clevertap_deleter::synth::{generate, SynthEvent, SynthSpec};
+use clevertap_deleter::domain::batch::DeleteBatch;
+use clevertap_deleter::domain::ids::{IdKind, RegionName};
+use clevertap_deleter::ops::health::Health;
+use clevertap_deleter::ops::metrics::Metrics;
+use clevertap_deleter::ops::server::{self, ServerLimits};
+use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
+use clevertap_deleter::testkit::synth::{generate, SynthEvent, SynthSpec};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -483,7 +483,7 @@ async fn https_with_ca_file_deletes_and_without_it_is_a_retryable_transport_erro
     ] {
         let cfg = tls_config(&endpoint, Some(&ca_file));
         assert_eq!(cfg.extra_roots.len(), 1);
-        let api = clevertap_deleter::api::client_for(&cfg).expect("HTTPS client");
+        let api = clevertap_deleter::clevertap::api::client_for(&cfg).expect("HTTPS client");
         let batch = one_id_batch("tls-user-1");
         let result = api.delete(&cfg.regions[0], &batch).await;
         let reply = result.as_ref().unwrap_or_else(|e| {
@@ -510,7 +510,7 @@ async fn https_with_ca_file_deletes_and_without_it_is_a_retryable_transport_erro
     let failed_before = proxy.failed_handshakes.load(Ordering::SeqCst);
     let cfg = tls_config(&format!("https://127.0.0.1:{}", proxy.addr.port()), None);
     assert!(cfg.extra_roots.is_empty());
-    let api = clevertap_deleter::api::client_for(&cfg).expect("HTTPS client");
+    let api = clevertap_deleter::clevertap::api::client_for(&cfg).expect("HTTPS client");
     let result = api
         .delete(&cfg.regions[0], &one_id_batch("tls-user-2"))
         .await;
@@ -541,7 +541,7 @@ async fn https_with_ca_file_deletes_and_without_it_is_a_retryable_transport_erro
         &format!("https://127.0.0.1:{}", other_proxy.addr.port()),
         Some(&other_ca),
     );
-    let api = clevertap_deleter::api::client_for(&cfg).expect("HTTPS client");
+    let api = clevertap_deleter::clevertap::api::client_for(&cfg).expect("HTTPS client");
     let result = api
         .delete(&cfg.regions[0], &one_id_batch("tls-user-3"))
         .await;
@@ -614,7 +614,7 @@ async fn redirects_are_not_followed_so_the_passcode_stays_with_the_endpoint() {
         }
     });
     let cfg = tls_config(&format!("http://{endpoint_addr}"), None);
-    let api = clevertap_deleter::api::client_for(&cfg).expect("client");
+    let api = clevertap_deleter::clevertap::api::client_for(&cfg).expect("client");
     let result = api
         .delete(&cfg.regions[0], &one_id_batch("redirected-user"))
         .await;

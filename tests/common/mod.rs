@@ -8,14 +8,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::api::DeleteApi;
+use clevertap_deleter::app::pipeline::{self, PipelineError, RunSummary};
+use clevertap_deleter::clevertap::api::DeleteApi;
 use clevertap_deleter::config::{self, Config};
-use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
-use clevertap_deleter::health::Health;
-use clevertap_deleter::ids::IdKind;
-use clevertap_deleter::metrics::Metrics;
-use clevertap_deleter::pipeline::{self, PipelineError, RunSummary};
-use clevertap_deleter::synth::{ExpectedDeletion, SynthEvent};
+use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::ops::health::Health;
+use clevertap_deleter::ops::metrics::Metrics;
+use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
+use clevertap_deleter::testkit::synth::{ExpectedDeletion, SynthEvent};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -324,7 +324,7 @@ impl Running {
 
 pub fn start(toml: &str) -> Running {
     let cfg: Config = config::from_toml(toml).expect("valid test config");
-    let api = clevertap_deleter::api::client_for(&cfg).unwrap();
+    let api = clevertap_deleter::clevertap::api::client_for(&cfg).unwrap();
     start_with(cfg, api)
 }
 
@@ -434,7 +434,7 @@ pub fn simple_events(n: usize, region_of: impl Fn(usize) -> &'static str) -> Vec
 }
 
 pub fn deleted_identity(
-    api: &clevertap_deleter::fake_api::FakeCleverTap,
+    api: &clevertap_deleter::testkit::fake_api::FakeCleverTap,
     region: &str,
     id: &str,
 ) -> bool {
@@ -448,7 +448,7 @@ pub struct Setup {
     pub kafka: Kafka,
     pub topic: String,
     pub group: String,
-    pub api: clevertap_deleter::fake_api::FakeCleverTap,
+    pub api: clevertap_deleter::testkit::fake_api::FakeCleverTap,
 }
 
 pub async fn setup(partitions: i32, api_limit: usize) -> Setup {

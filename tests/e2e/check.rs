@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::synth::ExpectedDeletion;
+use clevertap_deleter::testkit::synth::ExpectedDeletion;
 
 use super::broker::{Broker, DlqReader, OffsetsReader, Produced};
 use super::daemon::{Api, Daemon, Fakes, Key, ACCOUNT_LIMIT};

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
-use clevertap_deleter::ids::IdKind;
+use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
 
 use super::broker::{free_port, signal};
 pub use crate::common::metric_sum;

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::synth::{generate, SynthEvent, SynthSpec};
+use clevertap_deleter::testkit::synth::{generate, SynthEvent, SynthSpec};
 
 use super::broker::{self, Broker, Produced};
 use super::check::{CommitSampler, Expected};

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::statistics::Statistics;
 
-use crate::metrics::{Metrics, KAFKA_WRITERS};
-use crate::status::{StatusLink, StatusReport, WriterView};
+use crate::ops::metrics::{Metrics, KAFKA_WRITERS};
+use crate::ops::status::{StatusLink, StatusReport, WriterView};
 
 /// True when a client's statistics show at least one broker connected.
 pub fn any_broker_up(stats: &Statistics) -> bool {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::batch::DeleteBatch;
 use crate::config::RegionAccount;
+use crate::domain::batch::DeleteBatch;
 
 /// The most of an answer body that is read. CleverTap's answers are tens of
 /// bytes; anything longer than this is not one of them.
@@ -59,7 +59,7 @@ pub trait DeleteApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<ApiReply, TransportError>>;
 }
 
-pub use crate::outcome::RetryReason;
+pub use crate::domain::outcome::RetryReason;
 
 /// What to do with a batch after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl Hold {
     /// `404` or `invalid_request`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Hold::Refused(status) => crate::metrics::api_status_label(status),
+            Hold::Refused(status) => crate::ops::metrics::api_status_label(status),
             Hold::InvalidRequest => "invalid_request",
         }
     }
@@ -120,7 +120,7 @@ impl Hold {
     /// The `/readyz` line for a region held for this cause.
     pub fn readiness(self) -> &'static str {
         match self {
-            Hold::Refused(_) => crate::health::HELD_REFUSED,
+            Hold::Refused(_) => crate::ops::health::HELD_REFUSED,
             Hold::InvalidRequest => {
                 "held, its request cannot be built (a control character in the account id or passcode, or a bad endpoint)"
             }
@@ -981,15 +981,15 @@ mod tests {
     async fn a_request_that_cannot_be_built_is_an_invalid_request() {
         let api = HttpDeleteApi::new(Duration::from_secs(1), 1).unwrap();
         let batch = DeleteBatch::new(
-            crate::ids::RegionName::new("eu1"),
-            crate::ids::IdKind::Guid,
+            crate::domain::ids::RegionName::new("eu1"),
+            crate::domain::ids::IdKind::Guid,
             vec![std::sync::Arc::from("g")],
         )
         .unwrap();
         let account = |account_id: &str, passcode: &str, endpoint: &str| RegionAccount {
-            name: crate::ids::RegionName::new("eu1"),
+            name: crate::domain::ids::RegionName::new("eu1"),
             account_id: account_id.into(),
-            passcode: crate::secret::Secret::new(passcode),
+            passcode: crate::domain::secret::Secret::new(passcode),
             endpoint: endpoint.into(),
         };
         for bad in [
@@ -1049,17 +1049,17 @@ mod tests {
 
     fn test_account(endpoint: String) -> RegionAccount {
         RegionAccount {
-            name: crate::ids::RegionName::new("eu1"),
+            name: crate::domain::ids::RegionName::new("eu1"),
             account_id: "A".into(),
-            passcode: crate::secret::Secret::new("p"),
+            passcode: crate::domain::secret::Secret::new("p"),
             endpoint,
         }
     }
 
     fn test_batch() -> DeleteBatch {
         DeleteBatch::new(
-            crate::ids::RegionName::new("eu1"),
-            crate::ids::IdKind::Guid,
+            crate::domain::ids::RegionName::new("eu1"),
+            crate::domain::ids::IdKind::Guid,
             vec![std::sync::Arc::from("g")],
         )
         .unwrap()

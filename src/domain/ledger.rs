@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{BatchCapacity, DeleteBatch, RegionBatcher};
-use crate::decode::{DeadLetterReason, Decoded, Rejection};
-use crate::dedup::{Admission, DeletionKey, DeletionTable};
-use crate::ids::{IdKind, RegionName};
-use crate::offsets::{OffsetTracker, PartitionId};
+use crate::domain::batch::{BatchCapacity, DeleteBatch, RegionBatcher};
+use crate::domain::dedup::{Admission, DeletionKey, DeletionTable};
+use crate::domain::event::{Decoded, Rejection};
+use crate::domain::ids::{IdKind, RegionName};
+use crate::domain::offsets::{OffsetTracker, PartitionId};
+use crate::domain::outcome::DeadLetterReason;
 
 /// Identifies an admitted event for acknowledgements. Never reused, so an ack
 /// that arrives after its partition was revoked finds nothing and is dropped.
@@ -32,9 +33,9 @@ pub struct RawRecord {
     pub replay_count: Option<u32>,
 }
 
-pub use crate::outcome::Finish;
+pub use crate::domain::outcome::Finish;
 
-pub use crate::outcome::AuditStatus;
+pub use crate::domain::outcome::AuditStatus;
 
 /// An audit record to write before the events it names may finish (audit
 /// on): the pipeline writes it and reports back with [`Ledger::audited`].
@@ -94,7 +95,7 @@ pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<Audit
     out
 }
 
-pub use crate::outcome::PartitionView;
+pub use crate::domain::outcome::PartitionView;
 
 /// An instruction to write one event to the dead-letter topic.
 #[derive(Debug, Clone)]
@@ -656,7 +657,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DeletionRequest;
+    use crate::domain::event::DeletionRequest;
 
     /// Takes the commits and confirms them, as a successful commit would.
     fn commit(l: &mut Ledger) -> Vec<(PartitionId, i64)> {

@@ -18,8 +18,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::metrics::Metrics;
-use crate::offsets::PartitionId;
+use crate::domain::offsets::PartitionId;
+use crate::ops::metrics::Metrics;
 
 /// Watermark queries give up after this long (a broker outage); the gauge
 /// keeps its last value meanwhile.

@@ -10,8 +10,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::DeadLetterOrder;
-use crate::produce::{KafkaWriter, Unwritable, WriteFailure};
+use crate::domain::ledger::DeadLetterOrder;
+use crate::output::produce::{KafkaWriter, Unwritable, WriteFailure};
 
 /// Header names on every dead-letter record.
 pub mod headers {

@@ -17,15 +17,15 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::decode::{Decoded, EventDecoder};
-use crate::health::{any_broker_up, Health};
-use crate::lag::LagTracker;
-use crate::ledger::RawRecord;
-use crate::log_throttle::KafkaLinkLog;
-use crate::metrics::Metrics;
-use crate::offsets::PartitionId;
-use crate::retention;
-use crate::revokes::Generation;
+use crate::domain::ledger::RawRecord;
+use crate::domain::offsets::PartitionId;
+use crate::domain::revokes::Generation;
+use crate::input::decode::{Decoded, EventDecoder};
+use crate::input::lag::LagTracker;
+use crate::input::retention;
+use crate::ops::health::{any_broker_up, Health};
+use crate::ops::log_throttle::KafkaLinkLog;
+use crate::ops::metrics::Metrics;
 
 /// One message read from Kafka, already decoded.
 #[derive(Debug)]
@@ -637,7 +637,7 @@ fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> 
     let headers = message.headers()?;
     headers
         .iter()
-        .find(|h| h.key == crate::dead_letter::headers::REPLAY_COUNT)
+        .find(|h| h.key == crate::output::dead_letter::headers::REPLAY_COUNT)
         .and_then(|h| std::str::from_utf8(h.value?).ok())
         .and_then(|v| v.trim().parse().ok())
 }

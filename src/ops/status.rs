@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::outcome::PartitionView;
+use crate::domain::outcome::PartitionView;
 
 /// One region (CleverTap account) as the dispatcher sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 
-pub use crate::exit_code::{EXIT_CONFIG, EXIT_FATAL};
-pub use crate::logging::log_warnings;
+pub use crate::app::exit_code::{EXIT_CONFIG, EXIT_FATAL};
+pub use crate::ops::logging::log_warnings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,7 +72,7 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        options: crate::replay::ReplayOptions,
+        options: crate::app::replay::ReplayOptions,
     },
     /// Show a running daemon's state: partitions (committed, read, held back
     /// behind which event), regions (held, in flight, limit), writers. Reads
@@ -119,7 +119,7 @@ fn load_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 /// anything starts; librdkafka's configuration warnings join the others.
 fn load_and_check_or_exit(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     let mut config = load_or_exit(path)?;
-    match crate::pipeline::check_clients_offline(&config) {
+    match crate::app::pipeline::check_clients_offline(&config) {
         Ok(warnings) => {
             config.warnings.extend(warnings);
             Ok(config)
@@ -148,13 +148,13 @@ fn check_config(path: Option<&std::path::Path>, online: bool, timeout: u64) -> E
     if !online {
         return ExitCode::SUCCESS;
     }
-    let checks = crate::online::run(&c, std::time::Duration::from_secs(timeout));
+    let checks = crate::app::online::run(&c, std::time::Duration::from_secs(timeout));
     for check in &checks {
         eprintln!("{check}");
     }
     let failed = checks
         .iter()
-        .filter(|c| c.status == crate::online::Status::Fail)
+        .filter(|c| c.status == crate::app::online::Status::Fail)
         .count();
     if failed == 0 {
         eprintln!("online checks OK");
@@ -200,9 +200,9 @@ fn status(url: &str, json: bool) -> ExitCode {
         println!("{body}");
         return ExitCode::SUCCESS;
     }
-    match serde_json::from_str::<crate::status::StatusReport>(&body) {
+    match serde_json::from_str::<crate::ops::status::StatusReport>(&body) {
         Ok(report) => {
-            print!("{}", crate::status::render_table(&report));
+            print!("{}", crate::ops::status::render_table(&report));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -240,12 +240,12 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 }
             }
             // Retries are shown in the progress line; logs only for errors.
-            crate::logging::init("human", "error");
+            crate::ops::logging::init("human", "error");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            let opts = crate::demo::DemoOptions {
+            let opts = crate::app::demo::DemoOptions {
                 events,
                 rate,
                 fail_rate,
@@ -255,7 +255,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 partitions,
                 keep_serving,
             };
-            match runtime.block_on(crate::demo::run(opts)) {
+            match runtime.block_on(crate::app::demo::run(opts)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(EXIT_FATAL),
                 Err(e) => {
@@ -265,7 +265,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             }
         }
         Command::ReplayDlq { config, options } => match load_or_exit(config.as_deref()) {
-            Ok(cfg) => crate::replay::main(&cfg, &options),
+            Ok(cfg) => crate::app::replay::main(&cfg, &options),
             Err(code) => code,
         },
         Command::Run { config, dry_run } => {
@@ -274,7 +274,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             cfg.settings.api.dry_run |= dry_run;
-            crate::logging::init(&cfg.settings.log.format, &cfg.settings.log.level);
+            crate::ops::logging::init(&cfg.settings.log.format, &cfg.settings.log.level);
             log_warnings(&cfg);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -332,15 +332,19 @@ async fn run_daemon(cfg: Config) -> ExitCode {
     let kafka_settings = cfg.settings.kafka.clone();
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let api = match crate::api::client_for(&cfg) {
+    let api = match crate::clevertap::api::client_for(&cfg) {
         Ok(api) => api,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTPS client");
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    let (addr, _server) = match crate::server::serve(cfg.listen, metrics.clone(), health.clone())
-        .await
+    let (addr, _server) = match crate::ops::server::serve(
+        cfg.listen,
+        metrics.clone(),
+        health.clone(),
+    )
+    .await
     {
         Ok(bound) => bound,
         Err(e) => {
@@ -355,12 +359,12 @@ async fn run_daemon(cfg: Config) -> ExitCode {
         group = %cfg.settings.kafka.group_id,
         "clevertap-deleter started"
     );
-    match crate::pipeline::run(cfg, api, metrics, health, shutdown_signal()).await {
+    match crate::app::pipeline::run(cfg, api, metrics, health, shutdown_signal()).await {
         Ok(summary) => {
             tracing::info!(unfinished = summary.unfinished_at_exit, "clean shutdown");
             ExitCode::SUCCESS
         }
-        Err(crate::pipeline::PipelineError::KafkaConfig(e)) => {
+        Err(crate::app::pipeline::PipelineError::KafkaConfig(e)) => {
             // librdkafka's text may carry a property's value: never a secret.
             let e = kafka_settings.client_error(&e);
             tracing::error!(error = %e, "invalid Kafka configuration");

@@ -77,7 +77,7 @@ impl ClientContext for Capture {
     // for a poll.
     fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "FAIL" || fac == "SASL" || fac == "SSL" {
-            self.remember(crate::log_throttle::without_thread(message));
+            self.remember(crate::ops::log_throttle::without_thread(message));
         }
     }
 
@@ -104,17 +104,18 @@ pub fn run(config: &Config, timeout: Duration) -> Vec<Check> {
 
 fn kafka_checks(config: &Config, timeout: Duration) -> Vec<Check> {
     let k = &config.settings.kafka;
-    let consumer: BaseConsumer<Capture> =
-        match crate::pipeline::consumer_config(config).create_with_context(Capture::default()) {
-            Ok(c) => c,
-            Err(e) => {
-                return vec![check(
-                    Status::Fail,
-                    "kafka client",
-                    k.client_error(&e).to_string(),
-                )]
-            }
-        };
+    let consumer: BaseConsumer<Capture> = match crate::app::pipeline::consumer_config(config)
+        .create_with_context(Capture::default())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![check(
+                Status::Fail,
+                "kafka client",
+                k.client_error(&e).to_string(),
+            )]
+        }
+    };
     let protocol = k
         .properties
         .get("security.protocol")
@@ -275,7 +276,7 @@ fn clevertap_checks(config: &Config, timeout: Duration) -> Vec<Check> {
                 "https client",
                 format!(
                     "cannot be built: {}; check the system CA store and api.ca_file",
-                    crate::api::error_chain(&e)
+                    crate::clevertap::api::error_chain(&e)
                 ),
             )]
         }
@@ -311,7 +312,7 @@ fn clevertap_checks(config: &Config, timeout: Duration) -> Vec<Check> {
                         "{} does not answer: {}; check regions.{}.endpoint, DNS, the egress \
                          firewall or proxy, and api.ca_file for a TLS-inspecting proxy",
                         region.endpoint,
-                        crate::api::error_chain(&e.without_url()),
+                        crate::clevertap::api::error_chain(&e.without_url()),
                         region.name
                     ),
                 ),

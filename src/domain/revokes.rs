@@ -7,7 +7,7 @@
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
-use crate::offsets::PartitionId;
+use crate::domain::offsets::PartitionId;
 
 /// Numbers the consumer's rebalance events (assignments and revokes) in the
 /// order they happened.

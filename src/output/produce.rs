@@ -20,10 +20,10 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::health::{any_broker_up, Health};
-use crate::log_throttle::KafkaLinkLog;
-use crate::metrics::Metrics;
+use crate::domain::backoff::Backoff;
+use crate::ops::health::{any_broker_up, Health};
+use crate::ops::log_throttle::KafkaLinkLog;
+use crate::ops::metrics::Metrics;
 
 /// The producer the dead-letter and audit writers share.
 pub type RecordProducer = FutureProducer<BrokerWatch>;
@@ -69,7 +69,7 @@ impl ClientContext for BrokerWatch {
     }
 }
 
-pub use crate::outcome::WriteFailure;
+pub use crate::domain::outcome::WriteFailure;
 
 impl WriteFailure {
     pub fn of(error: &KafkaError) -> WriteFailure {

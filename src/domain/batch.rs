@@ -4,7 +4,7 @@ use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ids::{IdKind, RegionName};
+use crate::domain::ids::{IdKind, RegionName};
 
 /// CleverTap's limit of ids in one `identity` or `guid` array.
 pub const API_MAX_IDS: usize = 100;

@@ -20,9 +20,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::dead_letter::headers as dlq;
-use crate::decode::DeadLetterReason;
-use crate::log_throttle::KafkaLinkLog;
+use crate::input::decode::DeadLetterReason;
+use crate::ops::log_throttle::KafkaLinkLog;
+use crate::output::dead_letter::headers as dlq;
 
 /// Headers the replay adds to each replayed record.
 pub mod headers {
@@ -409,7 +409,7 @@ impl fmt::Display for ReplaySummary {
 /// The replay consumer: the daemon's settings and the user's properties, then
 /// what the replay depends on (these win over the properties).
 pub fn replay_consumer_config(config: &Config, group: &str) -> ClientConfig {
-    let mut c = crate::pipeline::consumer_config(config);
+    let mut c = crate::app::pipeline::consumer_config(config);
     c.set("group.id", group)
         .set("client.id", "clevertap-deleter-replay")
         .set("enable.auto.commit", "false")
@@ -427,7 +427,7 @@ pub fn replay_consumer_config(config: &Config, group: &str) -> ClientConfig {
 /// `transactional.id` per replay group, so a restarted replay fences and
 /// aborts the transaction its crashed predecessor left open.
 pub fn replay_producer_config(config: &Config, group: &str) -> ClientConfig {
-    let mut c = crate::pipeline::producer_config(config);
+    let mut c = crate::app::pipeline::producer_config(config);
     c.set("client.id", "clevertap-deleter-replay")
         .set("transactional.id", format!("{group}-replayer"));
     c
@@ -951,8 +951,8 @@ pub fn run(
 /// `replay-dlq` as the command line runs it: exit 0 on success, 2 on a
 /// configuration error, 1 on a Kafka error.
 pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
-    crate::logging::init(&config.settings.log.format, &config.settings.log.level);
-    crate::logging::log_warnings(config);
+    crate::ops::logging::init(&config.settings.log.format, &config.settings.log.level);
+    crate::ops::logging::log_warnings(config);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match run(config, options, &mut out) {
@@ -962,13 +962,13 @@ pub fn main(config: &Config, options: &ReplayOptions) -> ExitCode {
         }
         Err(ReplayError::Config(message)) => {
             eprintln!("clevertap-deleter replay-dlq: {message}");
-            ExitCode::from(crate::exit_code::EXIT_CONFIG)
+            ExitCode::from(crate::app::exit_code::EXIT_CONFIG)
         }
         Err(ReplayError::Kafka { message, done }) => {
             let _ = write!(out, "{done}");
             let _ = out.flush();
             eprintln!("clevertap-deleter replay-dlq: {message}");
-            ExitCode::from(crate::exit_code::EXIT_FATAL)
+            ExitCode::from(crate::app::exit_code::EXIT_FATAL)
         }
     }
 }

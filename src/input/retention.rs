@@ -10,8 +10,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::metrics::Metrics;
-use crate::offsets::PartitionId;
+use crate::domain::offsets::PartitionId;
+use crate::ops::metrics::Metrics;
 
 /// Broker queries here block the consumer thread; they happen only on
 /// assignment and on a gap, so a short bound is enough.

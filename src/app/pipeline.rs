@@ -12,25 +12,25 @@ use tokio_util::sync::CancellationToken;
 
 use std::collections::HashMap;
 
-use crate::api::DeleteApi;
-use crate::audit::{build_records, AuditInput, AuditWriter};
-use crate::backoff::Backoff;
-use crate::batch::API_MAX_IDS;
+use crate::clevertap::api::DeleteApi;
+use crate::clevertap::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
 use crate::config::Config;
-use crate::dead_letter::DeadLetterWriter;
-use crate::dead_letter::DeadLettered;
-use crate::decode::{DeadLetterReason, EventDecoder};
-use crate::dispatch::{DispatchReport, DispatchSettings, Dispatcher};
-use crate::health::Health;
-use crate::ids::RegionName;
-use crate::ledger::{
+use crate::domain::backoff::Backoff;
+use crate::domain::batch::API_MAX_IDS;
+use crate::domain::ids::RegionName;
+use crate::domain::ledger::{
     merge_already_deleted, AuditDue, AuditStatus, EventId, Finish, Ledger, LedgerSettings, Progress,
 };
-use crate::metrics::Metrics;
-use crate::offsets::PartitionId;
-use crate::produce::{BrokerWatch, KafkaWriter, RecordProducer};
-use crate::revokes::{DueRevoke, PendingRevoke, RevokeQueue};
-use crate::source::{self, SourceCommand, SourceEvent, SourceSettings};
+use crate::domain::offsets::PartitionId;
+use crate::domain::revokes::{DueRevoke, PendingRevoke, RevokeQueue};
+use crate::input::decode::{DeadLetterReason, EventDecoder};
+use crate::input::source::{self, SourceCommand, SourceEvent, SourceSettings};
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::output::audit::{build_records, AuditInput, AuditWriter};
+use crate::output::dead_letter::DeadLetterWriter;
+use crate::output::dead_letter::DeadLettered;
+use crate::output::produce::{BrokerWatch, KafkaWriter, RecordProducer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -113,7 +113,7 @@ impl rdkafka::ClientContext for OfflineContext {
             self.warnings
                 .lock()
                 .expect("warnings lock")
-                .push(crate::log_throttle::without_thread(message).to_string());
+                .push(crate::ops::log_throttle::without_thread(message).to_string());
         }
     }
 
@@ -412,7 +412,7 @@ struct Inputs {
     acks: mpsc::UnboundedReceiver<DeadLetterAck>,
     audited: mpsc::UnboundedReceiver<AuditAck>,
     /// Status requests from the HTTP server.
-    views: mpsc::Receiver<crate::status::ViewRequest>,
+    views: mpsc::Receiver<crate::ops::status::ViewRequest>,
 }
 
 impl Coordinator {
@@ -482,7 +482,7 @@ impl Coordinator {
                 _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
                 Some(reply) = views.recv() => {
-                    let _ = reply.send(crate::status::PipelineView {
+                    let _ = reply.send(crate::ops::status::PipelineView {
                         events_in_memory: self.ledger.events_in_memory(),
                         consumer_paused: self.paused,
                         partitions: self.ledger.partition_views(Instant::now()),

@@ -12,10 +12,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{IdKind, RegionName};
-use crate::offsets::PartitionId;
-pub use crate::outcome::AuditStatus;
-use crate::produce::{KafkaWriter, Unwritable};
+use crate::domain::ids::{IdKind, RegionName};
+use crate::domain::offsets::PartitionId;
+pub use crate::domain::outcome::AuditStatus;
+use crate::output::produce::{KafkaWriter, Unwritable};
 
 pub use crate::config::IdDisclosure;
 
@@ -249,7 +249,7 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::domain::secret::Secret;
 
     fn input<'a>(ids: &'a [Arc<str>], region: &'a RegionName) -> AuditInput<'a> {
         AuditInput {

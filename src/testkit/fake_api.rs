@@ -26,8 +26,8 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::decode::json_type;
-use crate::ids::IdKind;
+use crate::domain::ids::IdKind;
+use crate::input::decode::json_type;
 
 /// The only path the real API serves for deletions.
 pub const DELETE_PATH: &str = "/1/delete/profiles.json";

@@ -12,13 +12,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::api::{DeleteApi, HttpDeleteApi};
-use crate::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
-use crate::health::Health;
-use crate::ids::IdKind;
-use crate::ledger::Finish;
-use crate::metrics::Metrics;
-use crate::synth::{generate, SynthSpec};
+use crate::clevertap::api::{DeleteApi, HttpDeleteApi};
+use crate::domain::ids::IdKind;
+use crate::domain::ledger::Finish;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
+use crate::testkit::synth::{generate, SynthSpec};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -113,14 +113,15 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
 
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let (bound, _server) = crate::server::serve(config.listen, metrics.clone(), health.clone())
-        .await
-        .map_err(|e| {
-            format!(
-                "binding {}: {e} (choose another with --listen)",
-                config.listen
-            )
-        })?;
+    let (bound, _server) =
+        crate::ops::server::serve(config.listen, metrics.clone(), health.clone())
+            .await
+            .map_err(|e| {
+                format!(
+                    "binding {}: {e} (choose another with --listen)",
+                    config.listen
+                )
+            })?;
 
     println!("clevertap-deleter demo");
     println!(
@@ -228,7 +229,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
     };
     let api_client: Arc<dyn DeleteApi> =
         Arc::new(HttpDeleteApi::new(config.timeout(), 16).map_err(|e| e.to_string())?);
-    let summary = crate::pipeline::run(config, api_client, metrics.clone(), health, shutdown)
+    let summary = crate::app::pipeline::run(config, api_client, metrics.clone(), health, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     produce.abort();
@@ -283,7 +284,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         answers.join(", ")
     );
     let mut reasons = Vec::new();
-    for r in crate::decode::DeadLetterReason::ALL {
+    for r in crate::input::decode::DeadLetterReason::ALL {
         let n = metrics.dead_letters.with_label_values(&[r.as_str()]).get();
         if n > 0 {
             reasons.push(format!("{}={n}", r.as_str()));
@@ -396,7 +397,7 @@ impl Progress {
         }
         let retries: u64 = DEMO_REGIONS
             .iter()
-            .flat_map(|r| crate::api::RetryReason::ALL.map(|reason| (r, reason)))
+            .flat_map(|r| crate::clevertap::api::RetryReason::ALL.map(|reason| (r, reason)))
             .map(|(r, reason)| m.api_retries.with_label_values(&[r, reason.as_str()]).get())
             .sum();
         let width = 30;

@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 // foldhash: keys come from the broker's events and CleverTap answers only.
 use hashbrown::HashTable;
 
-use crate::ids::{IdKind, RegionName};
+use crate::domain::ids::{IdKind, RegionName};
 
 /// One deletion: an id of a kind in a region's account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -4,8 +4,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::decode::DeadLetterReason;
-use crate::ids::IdKind;
+use crate::domain::ids::IdKind;
+use crate::domain::outcome::DeadLetterReason;
 
 #[derive(Debug, Clone)]
 pub struct SynthSpec {

@@ -6,8 +6,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::ids::IdKind;
-use crate::outcome::{AuditStatus, DeadLetterReason, Finish, RetryReason, WriteFailure};
+use crate::domain::ids::IdKind;
+use crate::domain::outcome::{AuditStatus, DeadLetterReason, Finish, RetryReason, WriteFailure};
 
 const PREFIX: &str = "clevertap_deleter";
 

@@ -13,34 +13,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{EventSettings, RegionAccount};
-use crate::ids::{IdKind, RegionName};
+use crate::domain::ids::{IdKind, RegionName};
 
-pub use crate::outcome::DeadLetterReason;
+pub use crate::domain::outcome::DeadLetterReason;
 
-/// A dead-letter verdict. Details made by the decoder never hold an id (ids
-/// are personal data); they name the field and the problem. For `ApiRejected`
-/// the detail is CleverTap's message, which may repeat the id, like the
-/// payload beside it in the dead-letter record; it is never logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: DeadLetterReason,
-    pub detail: String,
-}
-
-/// What one event asks for: ids of one region, each (kind, id) at most once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeletionRequest {
-    pub region: RegionName,
-    pub ids: Vec<(IdKind, Arc<str>)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decoded {
-    Delete(DeletionRequest),
-    /// Not an event this daemon handles (its type is not accepted).
-    Skip,
-    DeadLetter(Rejection),
-}
+pub use crate::domain::event::{Decoded, DeletionRequest, Rejection};
 
 fn reject(reason: DeadLetterReason, detail: impl Into<String>) -> Decoded {
     Decoded::DeadLetter(Rejection {
@@ -793,7 +770,7 @@ pub fn json_type(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::domain::secret::Secret;
 
     fn decoder(default_region: Option<&str>) -> EventDecoder {
         let settings = EventSettings {
@@ -1210,7 +1187,7 @@ mod tests {
             )
             .into_bytes(),
         ];
-        for e in crate::synth::generate(&crate::synth::SynthSpec {
+        for e in crate::testkit::synth::generate(&crate::testkit::synth::SynthSpec {
             count: 300,
             regions: vec!["eu1".into(), "in1".into(), "mars".into()],
             ..Default::default()

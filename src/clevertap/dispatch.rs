@@ -12,17 +12,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::api::{
+use crate::clevertap::api::{
     classify, split_confirmed, ApiReply, DeleteApi, Hold, TransportError, Unconfirmed, Verdict,
 };
-use crate::backoff::Backoff;
-use crate::batch::DeleteBatch;
+use crate::clevertap::limiter::AimdLimiter;
 use crate::config::RegionAccount;
-use crate::decode::DeadLetterReason;
-use crate::health::Health;
-use crate::ids::{IdKind, RegionName};
-use crate::limiter::AimdLimiter;
-use crate::metrics::Metrics;
+use crate::domain::backoff::Backoff;
+use crate::domain::batch::DeleteBatch;
+use crate::domain::ids::{IdKind, RegionName};
+use crate::domain::outcome::DeadLetterReason;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 
 /// What the dispatcher reports back: the only thing flowing upstream.
 #[derive(Debug)]
@@ -172,12 +172,12 @@ impl Dispatcher {
     }
 
     /// Per region, what the status view shows, sorted by name.
-    pub fn region_views(&self) -> Vec<crate::status::RegionView> {
-        let mut views: Vec<crate::status::RegionView> = self
+    pub fn region_views(&self) -> Vec<crate::ops::status::RegionView> {
+        let mut views: Vec<crate::ops::status::RegionView> = self
             .inner
             .lanes
             .iter()
-            .map(|(name, lane)| crate::status::RegionView {
+            .map(|(name, lane)| crate::ops::status::RegionView {
                 region: name.to_string(),
                 account_id: lane.account.account_id.clone(),
                 held: self.inner.health.region_held(name.as_str()),
@@ -260,7 +260,7 @@ impl DispatcherInner {
                 Err(e) => e.as_str().to_string(),
             };
             let status_metric = match &result {
-                Ok(r) => crate::metrics::api_status_label(r.status),
+                Ok(r) => crate::ops::metrics::api_status_label(r.status),
                 Err(e) => e.as_str(),
             };
             self.metrics
@@ -312,7 +312,7 @@ impl DispatcherInner {
                     let size = batch.len();
                     unconfirmed += 1;
                     if unconfirmed <= self.settings.unconfirmed_retries {
-                        let reason = crate::api::RetryReason::Unconfirmed;
+                        let reason = crate::clevertap::api::RetryReason::Unconfirmed;
                         self.metrics
                             .api_retries
                             .with_label_values(&[region, reason.as_str()])
@@ -365,7 +365,7 @@ impl DispatcherInner {
                 }
                 Verdict::Retry { reason, after } => {
                     drop(probe_guard);
-                    if reason == crate::api::RetryReason::TooManyRequests {
+                    if reason == crate::clevertap::api::RetryReason::TooManyRequests {
                         lane.limiter.on_overload(Instant::now());
                         self.note_limit(lane);
                     }
@@ -507,8 +507,8 @@ impl DispatcherInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ApiReply, TransportError};
-    use crate::secret::Secret;
+    use crate::clevertap::api::{ApiReply, TransportError};
+    use crate::domain::secret::Secret;
     use futures::future::BoxFuture;
     use std::sync::Mutex;
 
@@ -683,8 +683,9 @@ mod tests {
         // A passcode with a control character (configuration validation
         // bypassed): reqwest refuses to build the request. Retrying it as a
         // connection error would spin forever without anyone noticing.
-        let api =
-            Arc::new(crate::api::HttpDeleteApi::new(Duration::from_secs(2), 1).expect("client"));
+        let api = Arc::new(
+            crate::clevertap::api::HttpDeleteApi::new(Duration::from_secs(2), 1).expect("client"),
+        );
         let metrics = Metrics::new();
         let (d, mut rx, health) = setup_with(api, "bad\npass", metrics.clone());
         d.dispatch(batch(&["a", "b"]));

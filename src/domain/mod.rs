@@ -1,0 +1,12 @@
+//! The pure core: ids, batches of at most 100 ids of one kind, deduplication, offsets, the ledger that ties events to deletions, and the outcome types (a leaf). No I/O.
+
+pub mod backoff;
+pub mod batch;
+pub mod dedup;
+pub mod event;
+pub mod ids;
+pub mod ledger;
+pub mod offsets;
+pub mod outcome;
+pub mod revokes;
+pub mod secret;
