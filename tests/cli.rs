@@ -4,17 +4,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::domain::ids::IdKind;
 use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthSpec};
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
-const ENV_PREFIX: &str = "CLEVERTAP_DELETER__";
 
 /// What a finished run of the binary left behind.
 struct Outcome {
@@ -34,76 +30,6 @@ impl Outcome {
             "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.status, self.stdout, self.stderr
         )
-    }
-}
-
-/// A command for the binary with a clean environment: no inherited
-/// `CLEVERTAP_DELETER__…` overrides and no `RUST_LOG`.
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with(ENV_PREFIX) || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Stdout and stderr go to files, so a chatty child can never block on a full pipe.
-struct Captured {
-    _dir: tempfile::TempDir,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Captured {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Captured {
-            stdout: dir.path().join("stdout"),
-            stderr: dir.path().join("stderr"),
-            _dir: dir,
-        }
-    }
-
-    fn attach(&self, cmd: &mut Command) {
-        cmd.stdout(File::create(&self.stdout).expect("stdout file"))
-            .stderr(File::create(&self.stderr).expect("stderr file"));
-    }
-
-    fn read(&self) -> (String, String) {
-        let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into();
-        (read(&self.stdout), read(&self.stderr))
-    }
-}
-
-/// Kills the child (SIGKILL, by its own handle) if a test panics before it exited.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Polls the child until it exits or `timeout` passes.
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -17,10 +17,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,95 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
-
 // ---------------------------------------------------------------- helpers
-
-/// A command for the binary with a clean environment: no inherited
-/// `CLEVERTAP_DELETER_…` variables and no `RUST_LOG`.
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CLEVERTAP_DELETER") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Stdout and stderr go to files, so a chatty child never blocks on a pipe.
-struct Captured {
-    _dir: tempfile::TempDir,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Captured {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Captured {
-            stdout: dir.path().join("stdout"),
-            stderr: dir.path().join("stderr"),
-            _dir: dir,
-        }
-    }
-
-    fn attach(&self, cmd: &mut Command) {
-        cmd.stdout(File::create(&self.stdout).expect("stdout file"))
-            .stderr(File::create(&self.stderr).expect("stderr file"));
-    }
-
-    fn read(&self) -> (String, String) {
-        let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into();
-        (read(&self.stdout), read(&self.stderr))
-    }
-
-    fn all(&self) -> String {
-        let (out, err) = self.read();
-        format!("--- stdout\n{out}\n--- stderr\n{}", tail(&err, 12_000))
-    }
-}
-
-/// The end of a long log, for assertion messages.
-fn tail(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
-/// Kills the child (by its own handle) if a test fails before it exited.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Outcome {
     code: Option<i32>,

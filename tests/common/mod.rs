@@ -3,6 +3,10 @@
 //! to the dead-letter topic.
 #![allow(dead_code)]
 
+pub mod process;
+#[allow(unused_imports)]
+pub use process::*;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
