@@ -36,39 +36,16 @@ use std::time::{Duration, Instant};
 
 use clevertap_deleter::app::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use clevertap_deleter::config::{self, Config};
-use common::{config_toml, unique};
+use common::{config_toml, dl, unique, DeadLetter};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use broker::Broker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
-
-/// A dead-letter record as the daemon writes it (plus `replay_count` when it
-/// was replayed before).
-struct DeadLetter {
-    partition: i32,
-    key: Option<&'static str>,
-    payload: Option<&'static str>,
-    reason: &'static str,
-    /// false: no `source_topic` header.
-    with_source: bool,
-    replay_count: Option<&'static str>,
-}
-
-fn dl(key: &'static str, reason: &'static str, replay_count: Option<&'static str>) -> DeadLetter {
-    DeadLetter {
-        partition: 0,
-        key: Some(key),
-        payload: Some("payload"),
-        reason,
-        with_source: true,
-        replay_count,
-    }
-}
 
 /// One record of a source topic.
 #[derive(Debug, Clone)]
@@ -121,44 +98,6 @@ fn setup(dlq_partitions: i32) -> Option<Setup> {
 }
 
 impl Setup {
-    fn headers(&self, r: &DeadLetter, offset: usize) -> OwnedHeaders {
-        let offset = offset.to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(r.reason),
-            })
-            .insert(Header {
-                key: "detail",
-                value: Some("what was wrong"),
-            })
-            .insert(Header {
-                key: "source_partition",
-                value: Some("1"),
-            })
-            .insert(Header {
-                key: "source_offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "dead_lettered_at_ms",
-                value: Some("1767225600000"),
-            });
-        if r.with_source {
-            headers = headers.insert(Header {
-                key: "source_topic",
-                value: Some(self.topic.as_str()),
-            });
-        }
-        if let Some(count) = r.replay_count {
-            headers = headers.insert(Header {
-                key: "replay_count",
-                value: Some(count),
-            });
-        }
-        headers
-    }
-
     /// Produces dead letters with the daemon's header names, in order (one
     /// at a time, so offsets follow the order given).
     fn put(&self, records: &[DeadLetter]) {
@@ -172,7 +111,7 @@ impl Setup {
         for (i, r) in records.iter().enumerate() {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dlq)
                 .partition(r.partition)
-                .headers(self.headers(r, i));
+                .headers(r.headers(&self.topic, i));
             if let Some(key) = r.key {
                 record = record.key(key.as_bytes());
             }
@@ -197,7 +136,7 @@ impl Setup {
             for i in 0..n {
                 let key = format!("p{p}-{i}");
                 let payload = format!("{{\"type\":\"user-deleted\",\"identity\":\"{key}\"}}");
-                let headers = self.headers(&dl("", "not_json", None), i);
+                let headers = dl("", "not_json", None).headers(&self.topic, i);
                 let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dlq)
                     .partition(p)
                     .key(key.as_bytes())

@@ -17,34 +17,10 @@ use clevertap_deleter::config::{self, Config};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
-
-/// A dead-letter record as the daemon writes it (plus `replay_count` when it
-/// was replayed before).
-struct DeadLetter {
-    partition: i32,
-    key: Option<&'static str>,
-    payload: Option<&'static str>,
-    reason: &'static str,
-    /// false: no `source_topic` header.
-    with_source: bool,
-    replay_count: Option<&'static str>,
-}
-
-fn dl(key: &'static str, reason: &'static str, replay_count: Option<&'static str>) -> DeadLetter {
-    DeadLetter {
-        partition: 0,
-        key: Some(key),
-        payload: Some("payload"),
-        reason,
-        with_source: true,
-        replay_count,
-    }
-}
 
 struct Setup {
     kafka: Kafka,
@@ -87,40 +63,7 @@ impl Setup {
             .create()
             .expect("producer");
         for (i, r) in records.iter().enumerate() {
-            let offset = i.to_string();
-            let mut headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(r.reason),
-                })
-                .insert(Header {
-                    key: "detail",
-                    value: Some("what was wrong"),
-                })
-                .insert(Header {
-                    key: "source_partition",
-                    value: Some("1"),
-                })
-                .insert(Header {
-                    key: "source_offset",
-                    value: Some(offset.as_str()),
-                })
-                .insert(Header {
-                    key: "dead_lettered_at_ms",
-                    value: Some("1767225600000"),
-                });
-            if r.with_source {
-                headers = headers.insert(Header {
-                    key: "source_topic",
-                    value: Some(self.topic.as_str()),
-                });
-            }
-            if let Some(count) = r.replay_count {
-                headers = headers.insert(Header {
-                    key: "replay_count",
-                    value: Some(count),
-                });
-            }
+            let headers = r.headers(&self.topic, i);
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dlq)
                 .partition(r.partition)
                 .headers(headers);

@@ -3,7 +3,10 @@
 //! to the dead-letter topic.
 #![allow(dead_code)]
 
+pub mod dead_letters;
 pub mod process;
+#[allow(unused_imports)]
+pub use dead_letters::*;
 #[allow(unused_imports)]
 pub use process::*;
 
