@@ -5,51 +5,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::domain::ids::IdKind;
 use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthSpec};
 use common::*;
-
-/// What a finished run of the binary left behind.
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Both streams, for error messages and leak checks.
-    fn all(&self) -> String {
-        format!(
-            "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs the binary to completion (at most 30 s).
-fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Outcome {
-    let captured = Captured::new();
-    let mut cmd = command(args, envs);
-    captured.attach(&mut cmd);
-    let mut child = ChildGuard(cmd.spawn().expect("spawn clevertap-deleter"));
-    let status = wait_exit(&mut child.0, Duration::from_secs(30));
-    let (stdout, stderr) = captured.read();
-    let status = status.unwrap_or_else(|| {
-        panic!("`clevertap-deleter {args:?}` did not exit within 30 s\n{stdout}\n{stderr}")
-    });
-    Outcome {
-        status,
-        stdout,
-        stderr,
-    }
-}
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -1230,11 +1191,7 @@ fn run_against_unreachable_brokers(secs: u64, envs: &[(&str, &str)]) -> Outcome 
     signal(child.0.id(), "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(30)).expect("exit after SIGTERM");
     let (stdout, stderr) = captured.read();
-    Outcome {
-        status,
-        stdout,
-        stderr,
-    }
+    Outcome::new(status, stdout, stderr)
 }
 
 fn signal(pid: u32, name: &str) {

@@ -303,28 +303,6 @@ struct Watch {
     polls: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// RFC 3339 in UTC (`2026-12-03T13:55:01.123456789Z`) to Unix seconds.
-fn rfc3339(text: &str) -> Option<f64> {
-    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (hh, mm) = (
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-    );
-    let ss = t.next()?.parse::<f64>().ok()?;
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
-}
-
 impl Watch {
     fn start(prometheus_base: String) -> Watch {
         let watch = Watch {
@@ -352,7 +330,7 @@ impl Watch {
                                 serde_json::from_value(a["labels"].clone()).unwrap_or_default();
                             let name = labels.remove("alertname").unwrap_or_default();
                             let state = a["state"].as_str().unwrap_or("").to_string();
-                            let active_at = a["activeAt"].as_str().and_then(rfc3339);
+                            let active_at = a["activeAt"].as_str().and_then(epoch_secs);
                             // A new activation after the alert resolved is a new record.
                             let found = seen.iter().position(|s| {
                                 s.name == name && s.labels == labels && s.active_at == active_at

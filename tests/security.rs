@@ -40,39 +40,6 @@ use tokio_rustls::rustls;
 
 // ---------------------------------------------------------------- helpers
 
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn all(&self) -> String {
-        format!(
-            "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs the binary to completion (at most 30 s).
-fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Outcome {
-    let captured = Captured::new();
-    let mut cmd = command(args, envs);
-    captured.attach(&mut cmd);
-    let mut child = ChildGuard(cmd.spawn().expect("spawn clevertap-deleter"));
-    let status = wait_exit(&mut child.0, Duration::from_secs(30));
-    let (stdout, stderr) = captured.read();
-    let status = status.unwrap_or_else(|| {
-        panic!("`clevertap-deleter {args:?}` did not exit within 30 s\n{stdout}\n{stderr}")
-    });
-    Outcome {
-        code: status.code(),
-        stdout,
-        stderr,
-    }
-}
-
 /// A daemon process (`run --config FILE`) with its output captured.
 struct Daemon {
     child: std::cell::RefCell<ChildGuard>,
@@ -128,11 +95,7 @@ impl Daemon {
                 tail(&stderr, 12_000)
             )
         });
-        Outcome {
-            code: status.code(),
-            stdout,
-            stderr,
-        }
+        Outcome::new(status, stdout, stderr)
     }
 }
 

@@ -102,3 +102,48 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What a finished run of the binary left behind.
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn new(status: ExitStatus, stdout: String, stderr: String) -> Outcome {
+        Outcome {
+            code: status.code(),
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Both streams, for error messages and leak checks.
+    pub fn all(&self) -> String {
+        format!(
+            "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the binary to completion (at most 30 s).
+pub fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Outcome {
+    let captured = Captured::new();
+    let mut cmd = command(args, envs);
+    captured.attach(&mut cmd);
+    let mut child = ChildGuard(cmd.spawn().expect("spawn clevertap-deleter"));
+    let status = wait_exit(&mut child.0, Duration::from_secs(30));
+    let (stdout, stderr) = captured.read();
+    let status = status.unwrap_or_else(|| {
+        panic!("`clevertap-deleter {args:?}` did not exit within 30 s\n{stdout}\n{stderr}")
+    });
+    Outcome::new(status, stdout, stderr)
+}
