@@ -15,22 +15,10 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 
-use super::{is_secret_property, ConfigError, RegionSettings, Settings, ENV_PREFIX};
-
-/// `CLEVERTAP_DELETER` plus the `__` that starts a key path.
-fn env_key_prefix() -> String {
-    format!("{ENV_PREFIX}__")
-}
-
-/// The variable that sets `key` (`regions.eu1.account_id` ->
-/// `CLEVERTAP_DELETER__REGIONS__EU1__ACCOUNT_ID`), for error messages.
-pub fn env_var_for(key: &str) -> String {
-    format!(
-        "{}{}",
-        env_key_prefix(),
-        key.replace('.', "__").to_ascii_uppercase()
-    )
-}
+use super::error::{env_key_prefix, ConfigError};
+use super::kafka::is_secret_property;
+use super::regions::RegionSettings;
+use super::settings::Settings;
 
 /// One `CLEVERTAP_DELETER__A__B=value` variable.
 #[derive(Debug, Clone)]
@@ -384,6 +372,7 @@ fn deserialize(
 
 #[cfg(test)]
 mod tests {
+    use super::super::error::env_var_for;
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<EnvOverride> {
