@@ -1,6 +1,9 @@
 //! Wires the stages together and runs the coordinator loop:
 //! source -> ledger (dedup, batches, offsets) -> dispatcher -> acks -> commits.
 //! The coordinator owns the ledger alone, so the core needs no locks.
+//!
+//! Parts: `clients` (librdkafka settings, the offline check), `coordinator`
+//! (the loop and its handlers), `upkeep` (revokes, commits, backpressure, gauges).
 
 mod clients;
 mod coordinator;

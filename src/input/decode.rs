@@ -1,5 +1,8 @@
 //! Turns a Kafka message payload into a deletion request, a skip, or a
 //! dead-letter verdict with a reason. Never panics on input.
+//!
+//! Two paths find the fields: `flat` (top-level keys, no JSON tree) and `tree`
+//! (nested pointers); `field` is what both return, `checks` the verdict on it.
 
 mod checks;
 mod field;

@@ -7,6 +7,11 @@
 //! deletion happened, hangs, and 2xx answers that do not confirm the deletion
 //! (empty, 204, HTML, `"status":"partial"`, success listing unprocessed ids). Used by the `demo` command, integration tests
 //! and the benchmark, so the hot path only takes short, uncontended locks.
+//!
+//! Parts: `contract` (what a valid request is), `decide` (the answer to one
+//! request), `faults` (injected faults, odd answers), `reply` (answer to HTTP),
+//! `state` (what clones share), `records` (what is kept for tests), `server`
+//! (start, the handle, the HTTP handler).
 
 mod contract;
 mod decide;
