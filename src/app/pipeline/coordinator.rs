@@ -1,0 +1,374 @@
+//! The coordinator: the one task that owns the ledger, its select loop, and
+//! its handlers for records, dispatch reports and acknowledgements.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::pipeline::PipelineError;
+use crate::clevertap::dispatch::{DispatchReport, Dispatcher};
+use crate::domain::batch::API_MAX_IDS;
+use crate::domain::ids::RegionName;
+use crate::domain::ledger::{
+    merge_already_deleted, AuditDue, AuditStatus, EventId, Ledger, Progress,
+};
+use crate::domain::offsets::PartitionId;
+use crate::domain::revokes::{PendingRevoke, RevokeQueue};
+use crate::input::decode::DeadLetterReason;
+use crate::input::source::{self, SourceCommand, SourceEvent};
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::output::audit::{build_records, AuditInput, AuditWriter};
+use crate::output::dead_letter::DeadLetterWriter;
+use crate::output::dead_letter::DeadLettered;
+
+pub(super) struct Coordinator {
+    pub(super) ledger: Ledger,
+    pub(super) dispatcher: Dispatcher,
+    pub(super) dead_letters: DeadLetterWriter,
+    pub(super) acks_tx: mpsc::UnboundedSender<DeadLetterAck>,
+    /// Set when audit records are on: a report is settled only once its
+    /// audit record is acknowledged, so no offset is committed before it.
+    pub(super) audit: Option<AuditWriter>,
+    pub(super) audited_tx: mpsc::UnboundedSender<AuditAck>,
+    pub(super) accounts: HashMap<RegionName, String>,
+    pub(super) commands: std::sync::mpsc::Sender<SourceCommand>,
+    pub(super) metrics: Metrics,
+    pub(super) health: Health,
+    pub(super) paused: bool,
+    /// `events_finished_total` by outcome, looked up once (per-event path).
+    pub(super) finished_counters: [prometheus::IntCounter; 4],
+    /// Shared with the consumer thread: set while too many events are held.
+    pub(super) intake_held: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) pause_at: usize,
+    pub(super) resume_at: usize,
+    pub(super) revoking: RevokeQueue,
+    /// One token per owned partition, cancelled when its ownership ends; all
+    /// are children of `stopped`, cancelled when the pipeline returns.
+    pub(super) ownership: HashMap<PartitionId, CancellationToken>,
+    pub(super) stopped: CancellationToken,
+    /// Partitions with an `offsets_held_back` series.
+    pub(super) held_back_labelled: Vec<PartitionId>,
+    pub(super) drain_timeout: Duration,
+    /// Dry run: no offset is committed and nothing is written to the
+    /// dead-letter topic, so a later real run redoes everything.
+    pub(super) dry_run: bool,
+}
+
+/// The audit topic acknowledged every record of one request.
+pub(super) struct AuditAck {
+    events: Vec<EventId>,
+    status: AuditStatus,
+    records: u64,
+}
+
+/// The dead-letter topic acknowledged an event's record.
+pub(super) struct DeadLetterAck {
+    event: EventId,
+    reason: DeadLetterReason,
+    how: DeadLettered,
+}
+
+/// Everything the coordinator receives: records from the source, dispatch
+/// reports, dead-letter acknowledgements, audited reports.
+pub(super) struct Inputs {
+    pub(super) events: mpsc::Receiver<SourceEvent>,
+    pub(super) reports: mpsc::UnboundedReceiver<DispatchReport>,
+    pub(super) acks: mpsc::UnboundedReceiver<DeadLetterAck>,
+    pub(super) audited: mpsc::UnboundedReceiver<AuditAck>,
+    /// Status requests from the HTTP server.
+    pub(super) views: mpsc::Receiver<crate::ops::status::ViewRequest>,
+}
+
+impl Coordinator {
+    pub(super) async fn run_loop(
+        &mut self,
+        inputs: Inputs,
+        shutdown: impl Future<Output = ()>,
+        commit_interval: Duration,
+        shutdown_timeout: Duration,
+    ) -> Result<(), PipelineError> {
+        let Inputs {
+            mut events,
+            mut reports,
+            mut acks,
+            mut audited,
+            mut views,
+        } = inputs;
+        tokio::pin!(shutdown);
+        let mut commit_tick = tokio::time::interval(commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_deadline: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let batch_deadline = self.ledger.next_batch_deadline();
+            let revoke_deadline = self.revoking.next_deadline();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown, if stop_deadline.is_none() => {
+                    tracing::info!("shutdown requested: no new events; draining in-flight deletions");
+                    self.health.set_stopping();
+                    let _ = self.commands.send(SourceCommand::Pause);
+                    stop_deadline = Some(Instant::now() + shutdown_timeout);
+                    for batch in self.ledger.take_all_batches() {
+                        self.dispatcher.dispatch(batch);
+                    }
+                }
+                Some(report) = reports.recv() => self.on_report(report),
+                Some(ack) = audited.recv() => {
+                    self.metrics
+                        .audit_records
+                        .with_label_values(&[ack.status.as_str()])
+                        .inc_by(ack.records);
+                    let progress = self.ledger.audited(&ack.events);
+                    self.apply(progress);
+                }
+                Some(ack) = acks.recv() => {
+                    let progress = self.ledger.dead_lettered(ack.event);
+                    if !progress.finished.is_empty() {
+                        self.metrics.dead_letters.with_label_values(&[ack.reason.as_str()]).inc();
+                        if ack.how == DeadLettered::Truncated {
+                            self.metrics.dead_letters_truncated.inc();
+                        }
+                    }
+                    self.apply(progress);
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.on_source(event, stop_deadline.is_some())?,
+                    None => return Err(PipelineError::Fatal("the Kafka consumer thread ended".into())),
+                },
+                _ = tokio::time::sleep_until(batch_deadline.unwrap_or(far).into()), if batch_deadline.is_some() && stop_deadline.is_none() => {
+                    let dispatcher = &self.dispatcher;
+                    let due = self.ledger.take_due_batches(Instant::now(), |r| dispatcher.is_saturated(r));
+                    for batch in due {
+                        self.dispatcher.dispatch(batch);
+                    }
+                }
+                _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
+                _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
+                Some(reply) = views.recv() => {
+                    let _ = reply.send(crate::ops::status::PipelineView {
+                        events_in_memory: self.ledger.events_in_memory(),
+                        consumer_paused: self.paused,
+                        partitions: self.ledger.partition_views(Instant::now()),
+                        regions: self.dispatcher.region_views(),
+                    });
+                }
+                _ = commit_tick.tick() => {
+                    self.commit();
+                    self.update_gauges();
+                }
+            }
+            self.finish_revoke_if_drained();
+            self.apply_backpressure(stop_deadline.is_some(), events.len() * source::SOURCE_CHUNK);
+            if let Some(deadline) = stop_deadline {
+                let in_memory = self.ledger.events_in_memory();
+                if in_memory == 0 || Instant::now() >= deadline {
+                    if in_memory > 0 {
+                        tracing::warn!(
+                            in_memory,
+                            "shutdown deadline reached with unfinished events; they are not committed and will be redone"
+                        );
+                    }
+                    self.update_gauges();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A deletion request finished. With audit on, the events it covers
+    /// finish once its audit record is acknowledged (see `apply`).
+    fn on_report(&mut self, report: DispatchReport) {
+        let (mut progress, attempts) = match report {
+            DispatchReport::Deleted { batch, attempts } => {
+                (self.ledger.deleted(&batch, Instant::now()), attempts)
+            }
+            DispatchReport::Rejected {
+                region,
+                kind,
+                id,
+                reason,
+                message,
+                attempts,
+            } => (
+                self.ledger.rejected(&region, kind, &id, reason, &message),
+                attempts,
+            ),
+        };
+        for audit in &mut progress.audits {
+            audit.attempts = attempts;
+        }
+        self.apply(progress);
+    }
+
+    /// Writes the audit records of `audits`; each acknowledgement releases
+    /// the events it names.
+    fn write_audits(&mut self, audits: Vec<AuditDue>) {
+        let Some(writer) = self.audit.clone() else {
+            // Audit off: the ledger asks for none (a dry run included).
+            return;
+        };
+        let now = SystemTime::now();
+        for due in merge_already_deleted(audits, API_MAX_IDS) {
+            let records = build_records(
+                AuditInput {
+                    region: &due.region,
+                    account_id: self.accounts.get(&due.region).map_or("", String::as_str),
+                    kind: due.kind,
+                    ids: &due.ids,
+                    status: due.status,
+                    message: due.message.as_deref(),
+                    attempts: due.attempts,
+                    sources: due.sources,
+                },
+                &writer.disclosure,
+                now,
+            );
+            let writer = writer.clone();
+            let audited = self.audited_tx.clone();
+            let cancel = self.stopped.clone();
+            let (events, status) = (due.events, due.status);
+            tokio::spawn(async move {
+                for record in &records {
+                    if !writer.write(record, &cancel).await {
+                        return;
+                    }
+                }
+                let _ = audited.send(AuditAck {
+                    events,
+                    status,
+                    records: records.len() as u64,
+                });
+            });
+        }
+    }
+
+    fn on_source(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
+        match event {
+            SourceEvent::Records(records) => {
+                let now = Instant::now();
+                let mut progress = Progress::default();
+                for r in records {
+                    // Stale records (their partition was revoked meanwhile) and
+                    // records read while stopping are left for the next owner.
+                    if stopping || !self.ledger.owns(&r.partition) {
+                        continue;
+                    }
+                    self.ledger.admit_into(
+                        &r.partition,
+                        r.offset,
+                        r.record,
+                        r.decoded,
+                        now,
+                        &mut progress,
+                    );
+                }
+                self.apply(progress);
+            }
+            SourceEvent::Assigned {
+                partitions,
+                generation,
+            } => {
+                // A partition given back while its old revoke was still
+                // draining: the consumer gave up on that revoke, so the old
+                // ownership's events are forgotten before the new one starts.
+                if let Some(stale) = self.revoking.superseded_by(generation, &partitions) {
+                    tracing::warn!(
+                        count = stale.partitions.len(),
+                        generation,
+                        "partitions assigned again before their revoke finished; their old events are left to be read again"
+                    );
+                    self.answer_revoke(stale);
+                }
+                for p in partitions {
+                    self.ownership
+                        .entry(p.clone())
+                        .or_insert_with(|| self.stopped.child_token());
+                    self.ledger.assign(p);
+                }
+            }
+            SourceEvent::Revoked {
+                partitions,
+                generation,
+                reply,
+            } => {
+                // Close every open batch so the revoked events can finish.
+                for batch in self.ledger.take_all_batches() {
+                    self.dispatcher.dispatch(batch);
+                }
+                self.revoking.push(PendingRevoke {
+                    generation,
+                    partitions,
+                    reply,
+                    deadline: Instant::now() + self.drain_timeout,
+                });
+            }
+            SourceEvent::Committed { marks, ok } => {
+                for (p, offset) in &marks {
+                    self.ledger.commit_result(p, *offset, ok);
+                }
+            }
+            SourceEvent::Fatal(reason) => return Err(PipelineError::Fatal(reason)),
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, progress: Progress) {
+        self.metrics.late_acks_dropped.inc_by(progress.late_acks);
+        self.metrics.redelivered_events.inc_by(progress.redelivered);
+        for batch in progress.batches {
+            self.dispatcher.dispatch(batch);
+        }
+        for outcome in progress.finished {
+            self.finished_counters[outcome as usize].inc();
+        }
+        if !progress.deleted_timestamps_ms.is_empty() {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let h = &self.metrics.event_to_deletion;
+            for ts in progress.deleted_timestamps_ms {
+                h.observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        if !progress.audits.is_empty() {
+            self.write_audits(progress.audits);
+        }
+        for order in progress.dead_letters {
+            if self.dry_run {
+                tracing::info!(
+                    reason = order.rejection.reason.as_str(),
+                    partition = order.source.partition,
+                    offset = order.offset,
+                    "dry run: would dead-letter"
+                );
+                let _ = self.acks_tx.send(DeadLetterAck {
+                    event: order.event,
+                    reason: order.rejection.reason,
+                    how: DeadLettered::Whole,
+                });
+                continue;
+            }
+            let writer = self.dead_letters.clone();
+            let acks = self.acks_tx.clone();
+            // Ends with the partition's ownership: a write held by a missing
+            // topic must not outlive it (the new owner redoes the event).
+            let cancel = self.ownership_token(&order.source);
+            tokio::spawn(async move {
+                if let Some(how) = writer.write(&order, &cancel).await {
+                    let _ = acks.send(DeadLetterAck {
+                        event: order.event,
+                        reason: order.rejection.reason,
+                        how,
+                    });
+                }
+            });
+        }
+    }
+}

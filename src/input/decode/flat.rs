@@ -1,0 +1,141 @@
+//! The fast path: when every pointer is a top-level key, read just those keys
+//! straight from the payload, without building a JSON tree.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::config::EventSettings;
+use crate::input::decode::field::{Field, Item, Which};
+
+/// Top-level key names when every configured pointer is one segment (`/name`):
+/// the decoder then reads just those keys, without building a JSON tree.
+#[derive(Debug, Clone)]
+pub(super) struct FlatKeys {
+    names: [Option<String>; 4],
+}
+
+impl FlatKeys {
+    pub(super) fn from_settings(s: &EventSettings) -> Option<FlatKeys> {
+        let one = |p: &str| -> Result<Option<String>, ()> {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            let name = p.strip_prefix('/').ok_or(())?;
+            if name.contains('/') {
+                return Err(());
+            }
+            Ok(Some(name.replace("~1", "/").replace("~0", "~")))
+        };
+        Some(FlatKeys {
+            names: [
+                one(&s.type_pointer).ok()?,
+                one(&s.identity_pointer).ok()?,
+                one(&s.guid_pointer).ok()?,
+                one(&s.region_pointer).ok()?,
+            ],
+        })
+    }
+
+    fn slot(&self, key: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.as_deref() == Some(key))
+    }
+}
+
+/// The values found for the four keys, and which keys appeared more than
+/// once (bits of [`Which::bit`]; the value kept then does not matter).
+pub(super) struct FlatFields<'a> {
+    pub(super) values: [Option<Field<'a>>; 4],
+    pub(super) repeated: u8,
+}
+
+impl<'a> FlatFields<'a> {
+    pub(super) fn take(&self, which: Which) -> Option<Field<'a>> {
+        // Fields are read once each; cloning keeps `decide`'s lookups simple.
+        self.values[which as usize].as_ref().map(|f| match f {
+            Field::Null => Field::Null,
+            Field::Str(s) => Field::Str(s.clone()),
+            Field::Array(items) => Field::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Item::Str(s) => Item::Str(s.clone()),
+                        Item::Other(t) => Item::Other(t),
+                    })
+                    .collect(),
+            ),
+            Field::Other(t) => Field::Other(t),
+        })
+    }
+}
+
+pub(super) struct FlatEvent<'k>(pub(super) &'k FlatKeys);
+
+impl<'de> DeserializeSeed<'de> for FlatEvent<'_> {
+    type Value = FlatFields<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FlatEvent<'_> {
+    type Value = FlatFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values: [Option<Field<'de>>; 4] = [None, None, None, None];
+        let mut repeated = 0;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.0.slot(&key) {
+                Some(i) => {
+                    if values[i].is_some() {
+                        repeated |= 1 << i;
+                    }
+                    values[i] = Some(map.next_value::<Field<'de>>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(FlatFields { values, repeated })
+    }
+
+    // Not an object: no field is present (as `Value::pointer` would find).
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(FlatFields::absent())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FlatFields::absent())
+    }
+}
+
+impl FlatFields<'_> {
+    fn absent() -> Self {
+        FlatFields {
+            values: [None, None, None, None],
+            repeated: 0,
+        }
+    }
+}
