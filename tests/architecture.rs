@@ -27,7 +27,10 @@ fn module_of(root: &Path, file: &Path) -> String {
         .iter()
         .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
         .collect();
-    if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
         parts.pop();
     }
     parts.join("::")
@@ -46,13 +49,20 @@ fn references(module: &str, text: &str, modules: &BTreeSet<String>) -> BTreeSet<
         let mut rest = code.as_str();
         while let Some(i) = rest.find(prefix) {
             let before = rest[..i].chars().next_back();
-            let path: String = rest[i + prefix.len()..].chars().take_while(|c| ident(*c)).collect();
+            let path: String = rest[i + prefix.len()..]
+                .chars()
+                .take_while(|c| ident(*c))
+                .collect();
             rest = &rest[i + prefix.len()..];
             if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
                 continue;
             }
             let mut segments = base.clone();
-            segments.extend(path.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+            segments.extend(
+                path.split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
             // The longest prefix that is a module of the crate.
             while !segments.is_empty() {
                 let candidate = segments.join("::");

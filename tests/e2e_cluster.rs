@@ -62,7 +62,7 @@ fn audit_topic(world: &World) -> String {
 }
 
 /// The daemon's dead-letter and audit producer (one producer, see
-/// src/app/pipeline.rs) is idempotent with acks=all under this configuration.
+/// src/app/pipeline/clients.rs) is idempotent with acks=all under this configuration.
 fn assert_producer_settings(config_text: &str) {
     let config = config::from_toml(config_text).expect("valid daemon configuration");
     let producer = pipeline::producer_config(&config);
