@@ -4,19 +4,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::domain::ids::IdKind;
 use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthSpec};
 use common::*;
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
 
 /// `check-config --config <text as a file>`.
 fn check_config(text: &str, envs: &[(&str, &str)]) -> Outcome {
@@ -388,11 +381,6 @@ fn run_with_an_unknown_kafka_property_exits_2() {
 }
 
 // ---------------------------------------------------------------- end to end
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let response = client
@@ -1192,14 +1180,6 @@ fn run_against_unreachable_brokers(secs: u64, envs: &[(&str, &str)]) -> Outcome 
     let status = wait_exit(&mut child.0, Duration::from_secs(30)).expect("exit after SIGTERM");
     let (stdout, stderr) = captured.read();
     Outcome::new(status, stdout, stderr)
-}
-
-fn signal(pid: u32, name: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(ok.success(), "kill -{name} {pid}");
 }
 
 #[test]

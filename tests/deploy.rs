@@ -8,6 +8,10 @@
 //! pods would run with is what `clevertap-deleter check-config` makes of the
 //! rendered ConfigMap plus the container's environment.
 
+mod common;
+
+use common::{read, repo_path};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,15 +78,6 @@ const OVERLAYS: [Overlay; 4] = [
 ];
 
 // ---------------------------------------------------------------- files
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
-}
 
 /// Every file under `dir` (relative to the repository), sorted, as relative paths.
 fn files_under(dir: &str) -> Vec<String> {

@@ -4,6 +4,10 @@
 //! and every link in README.md and docs/*.md (and every `README.md#anchor` or
 //! `docs/*.md#anchor` named in the repository's files) leads somewhere.
 
+mod common;
+
+use common::{read, repo_path};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -13,15 +17,6 @@ const KUBERNETES_WITHIN: f64 = 0.40;
 /// Anchors that stand for "some anchor" in prose.
 const PLACEHOLDERS: [&str; 2] = ["name", "anchor"];
 const DEVELOPER_DOCS: [&str; 3] = ["docs/TESTING.md", "docs/PERFORMANCE.md", "docs/DESIGN.md"];
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
-}
 
 /// A heading outside code blocks: (line index, level, text).
 fn headings(text: &str) -> Vec<(usize, usize, String)> {

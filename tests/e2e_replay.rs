@@ -29,14 +29,13 @@ mod local_kafka;
 mod world;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::app::replay::{self, ReplayOptions, ReplaySummary, StopCause};
 use clevertap_deleter::config::{self, Config};
-use common::{config_toml, dl, unique, DeadLetter};
+use common::{config_toml, dl, run_to_end, unique, write_config, DeadLetter};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
@@ -251,28 +250,6 @@ fn options(reasons: &[&str]) -> ReplayOptions {
     }
 }
 
-fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CLEVERTAP_DELETER__") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd.output().expect("run the binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
 // ------------------------------------------------------------------ kill -9
 
 /// kill -9 of `replay-dlq` in the middle of a replay (a transaction open),
@@ -287,7 +264,7 @@ fn e2e_replay_1_kill9_in_the_middle_then_exactly_once() {
     let total = 2 * PER_PARTITION;
     s.put_many(PER_PARTITION);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &s.toml);
+    let config = write_config(dir.path(), &s.toml).display().to_string();
     let group = format!("{}-replay", s.group_id);
     let reader = s.broker.offsets_reader_with(&group, "read_uncommitted");
 
@@ -362,7 +339,7 @@ fn e2e_replay_1_kill9_in_the_middle_then_exactly_once() {
     );
 
     // The next run aborts the open transaction and finishes.
-    let (code, stdout, stderr) = run_bin(&["replay-dlq", "--config", &config]);
+    let (code, stdout, stderr) = run_to_end(&["replay-dlq", "--config", &config]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let done = s.committed(&group);
     assert_eq!(done, vec![PER_PARTITION as i64; 2], "offsets at the end");
@@ -571,9 +548,9 @@ fn e2e_replay_5_the_binary_replays_and_commits() {
         dl("k1", "no_region", Some("3")),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &s.toml);
+    let config = write_config(dir.path(), &s.toml).display().to_string();
     let group = unique("cli-replay");
-    let (code, stdout, stderr) = run_bin(&[
+    let (code, stdout, stderr) = run_to_end(&[
         "replay-dlq",
         "--config",
         &config,

@@ -146,7 +146,7 @@ async fn a_live_scrape_has_every_metric_deploy_uses_passes_promtool_and_matches_
     kafka.topic(&format!("{topic}.dlq"), 1);
     let group = unique("live-metrics-group");
     let api = fake_api(15).await;
-    let mut events = simple_events(60);
+    let mut events = simple_events(60, |i| REGIONS[i % 3]);
     events[7].payload = b"not json".to_vec();
     kafka.produce(&topic, &events, |i| (i % 2) as i32).await;
 
@@ -248,24 +248,6 @@ async fn a_live_scrape_has_every_metric_deploy_uses_passes_promtool_and_matches_
         "{}\n--- scrape\n{scrape}",
         problems.join("\n")
     );
-}
-
-/// One deletion event per index, regions in turn.
-fn simple_events(n: usize) -> Vec<clevertap_deleter::testkit::synth::SynthEvent> {
-    (0..n)
-        .map(|i| {
-            let region = REGIONS[i % 3];
-            clevertap_deleter::testkit::synth::SynthEvent {
-                key: format!("k{i}"),
-                payload: format!(
-                    r#"{{"type":"user-deleted","region":"{region}","identity":"live-u{i}"}}"#
-                )
-                .into_bytes(),
-                deletions: vec![],
-                poison: None,
-            }
-        })
-        .collect()
 }
 
 #[test]

@@ -8,16 +8,15 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::app::pipeline::{self, PipelineError, RunSummary};
 use clevertap_deleter::config;
-use clevertap_deleter::domain::ids::IdKind;
 use clevertap_deleter::ops::health::Health;
 use clevertap_deleter::ops::metrics::Metrics;
-use clevertap_deleter::testkit::synth::{generate, ExpectedDeletion, SynthEvent, SynthSpec};
+use clevertap_deleter::testkit::synth::{generate, SynthEvent, SynthSpec};
 use common::*;
 use tokio::sync::oneshot;
 
@@ -29,15 +28,6 @@ const ENV_PREFIX: &str = "CLEVERTAP_DELETER__";
 const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
 
 // ---------------------------------------------------------------- files
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
-}
 
 /// Every string in a JSON document (expressions, variable queries, descriptions).
 fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -362,28 +352,6 @@ fn not_a_deletion(i: usize) -> SynthEvent {
         deletions: Vec::new(),
         poison: None,
     }
-}
-
-/// Simple deletion events, one identity each (`ops-u{i}`), in `region_of(i)`.
-fn simple_events(n: usize, region_of: impl Fn(usize) -> &'static str) -> Vec<SynthEvent> {
-    (0..n)
-        .map(|i| {
-            let region = region_of(i);
-            SynthEvent {
-                key: format!("k{i}"),
-                payload: format!(
-                    r#"{{"type":"user-deleted","region":"{region}","identity":"ops-u{i}"}}"#
-                )
-                .into_bytes(),
-                deletions: vec![ExpectedDeletion {
-                    region: region.to_string(),
-                    kind: IdKind::Identity,
-                    id: format!("ops-u{i}"),
-                }],
-                poison: None,
-            }
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- a. metrics
@@ -733,11 +701,6 @@ fn alert_rules_carry_severity_annotations_and_runbooks_that_exist() {
 }
 
 // ---------------------------------------------------------------- d. JSON logs
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_json_and_batch_lines_carry_their_fields() {

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clevertap_deleter::app::replay::{self, ReplayOptions, ReplaySummary, StopCause};
@@ -19,8 +17,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-
-const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 
 struct Setup {
     kafka: Kafka,
@@ -244,28 +240,6 @@ fn mock_cluster_runs_the_transactional_protocol() {
     );
 }
 
-fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CLEVERTAP_DELETER__") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd.output().expect("run the binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
 #[test]
 fn the_binary_exits_2_on_bad_options() {
     let s = setup(1);
@@ -274,7 +248,7 @@ fn the_binary_exits_2_on_bad_options() {
         dl("k1", "no_region", Some("3")),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &s.toml);
+    let config = write_config(dir.path(), &s.toml).display().to_string();
 
     for bad in [
         vec!["--reason", "not-json"],
@@ -284,10 +258,10 @@ fn the_binary_exits_2_on_bad_options() {
     ] {
         let mut args = vec!["replay-dlq", "--config", config.as_str()];
         args.extend(bad.iter().copied());
-        let (code, stdout, stderr) = run_bin(&args);
+        let (code, stdout, stderr) = run_to_end(&args);
         assert_eq!(code, Some(2), "{args:?}\n{stdout}\n{stderr}");
     }
-    let (code, _, stderr) = run_bin(&["replay-dlq", "--config", "/nonexistent/config.toml"]);
+    let (code, _, stderr) = run_to_end(&["replay-dlq", "--config", "/nonexistent/config.toml"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
 
@@ -336,8 +310,8 @@ fn a_missing_dead_letter_topic_exits_1() {
     let s = setup(1);
     let dir = tempfile::tempdir().unwrap();
     let toml = merge_toml(&s.toml, "[kafka]\ndlq_topic = \"no-such-topic\"\n");
-    let config = write_config(dir.path(), &toml);
-    let (code, stdout, stderr) = run_bin(&["replay-dlq", "--config", &config]);
+    let config = write_config(dir.path(), &toml).display().to_string();
+    let (code, stdout, stderr) = run_to_end(&["replay-dlq", "--config", &config]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("no-such-topic does not exist"), "{stderr}");
     assert!(stdout.contains("on a Kafka error"), "{stdout}");

@@ -99,11 +99,6 @@ impl Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// A file only its owner can read, as secrets should be.
 fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);

@@ -4,9 +4,12 @@
 #![allow(dead_code)]
 
 pub mod dead_letters;
+pub mod files;
 pub mod process;
 #[allow(unused_imports)]
 pub use dead_letters::*;
+#[allow(unused_imports)]
+pub use files::*;
 #[allow(unused_imports)]
 pub use process::*;
 

@@ -147,3 +147,29 @@ pub fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Outcome {
     });
     Outcome::new(status, stdout, stderr)
 }
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Sends a signal to a process by id (`kill -SIG pid`).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill -{sig} {pid}");
+}
+
+/// Runs the binary until it exits, however long that takes: (exit code,
+/// stdout, stderr).
+pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = command(args, &[]).output().expect("run the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}

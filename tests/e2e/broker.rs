@@ -36,6 +36,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::local_kafka::{self, LocalKafka};
 
+pub use crate::common::{free_port, signal};
+
 /// The broker the suite runs against.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -145,20 +147,6 @@ impl KafkaContainer {
             bootstrap: format!("127.0.0.1:{port}"),
         }
     }
-}
-
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Sends a signal to a process by id (`kill -SIG pid`).
-pub fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} {pid}");
 }
 
 /// A started local cluster, or why it could not start (missing programs).

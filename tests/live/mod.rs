@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::read;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 pub const DASHBOARD: &str = "deploy/grafana/clevertap-deleter.json";
 pub const ALERTS: &str = "deploy/prometheus/alerts.yaml";
@@ -25,20 +27,6 @@ pub const EXTERNAL_METRICS: [(&str, &str); 2] = [
         "kube-state-metrics (the memory panel's container limit)",
     ),
 ];
-
-pub fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-pub fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
-}
-
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
 
 /// A tool the live tests need: its path, or a failure that says how to get
 /// it. With `allow_skip_var` set to 1 the test is skipped instead (None),
