@@ -313,14 +313,7 @@ impl DispatcherInner {
                     unconfirmed += 1;
                     if unconfirmed <= self.settings.unconfirmed_retries {
                         let reason = crate::clevertap::api::RetryReason::Unconfirmed;
-                        self.metrics
-                            .api_retries
-                            .with_label_values(&[region, reason.as_str()])
-                            .inc();
-                        let delay = self
-                            .settings
-                            .backoff
-                            .delay(attempt, after, &mut rand::rng());
+                        let delay = self.count_retry(region, reason, attempt, after);
                         tracing::warn!(
                             region, %kind, size, attempt, status = %status_label,
                             reason = reason.as_str(), answer = why.as_str(),
@@ -369,14 +362,7 @@ impl DispatcherInner {
                         lane.limiter.on_overload(Instant::now());
                         self.note_limit(lane);
                     }
-                    self.metrics
-                        .api_retries
-                        .with_label_values(&[region, reason.as_str()])
-                        .inc();
-                    let delay = self
-                        .settings
-                        .backoff
-                        .delay(attempt, after, &mut rand::rng());
+                    let delay = self.count_retry(region, reason, attempt, after);
                     tracing::warn!(
                         region, %kind, size, attempt, status = %status_label,
                         reason = reason.as_str(), retry_in_ms = delay.as_millis() as u64,
@@ -432,6 +418,23 @@ impl DispatcherInner {
                 }
             }
         }
+    }
+
+    /// Counts a retry by reason and returns how long to wait before it.
+    fn count_retry(
+        &self,
+        region: &str,
+        reason: crate::clevertap::api::RetryReason,
+        attempt: u32,
+        after: Option<Duration>,
+    ) -> Duration {
+        self.metrics
+            .api_retries
+            .with_label_values(&[region, reason.as_str()])
+            .inc();
+        self.settings
+            .backoff
+            .delay(attempt, after, &mut rand::rng())
     }
 
     /// Readiness names a region whose requests get no answer at all for a
