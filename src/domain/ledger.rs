@@ -123,6 +123,9 @@ pub struct Progress {
     pub redelivered: u64,
     /// Audit on: records to write before the events they name finish.
     pub audits: Vec<AuditDue>,
+    /// Events that finished as [`Finish::Skipped`] (counted, not listed:
+    /// on a busy topic of other types they are most events).
+    pub skipped: u64,
 }
 
 #[derive(Debug)]
@@ -188,6 +191,24 @@ impl Ledger {
         progress
     }
 
+    /// Records `first..=last` of one partition, all skipped by the decoder:
+    /// nothing to remember, the watermark moves past them.
+    pub fn skip_run(&mut self, partition: &PartitionId, first: i64, last: i64, progress: &mut Progress) {
+        match self.highest_seen.get_mut(partition) {
+            Some(highest) => {
+                if first <= *highest {
+                    progress.redelivered += (last.min(*highest) - first + 1) as u64;
+                }
+                *highest = (*highest).max(last);
+            }
+            None => {
+                self.highest_seen.insert(partition.clone(), last);
+            }
+        }
+        self.offsets.skip_through(partition, last);
+        progress.skipped += (last - first + 1) as u64;
+    }
+
     /// [`Ledger::admit`], adding to `progress`: one `Progress` can collect a
     /// whole chunk of records.
     pub fn admit_into(
@@ -199,6 +220,9 @@ impl Ledger {
         now: Instant,
         progress: &mut Progress,
     ) {
+        if matches!(decoded, Decoded::Skip) {
+            return self.skip_run(partition, offset, offset, progress);
+        }
         match self.highest_seen.get_mut(partition) {
             Some(highest) if offset <= *highest => progress.redelivered += 1,
             Some(highest) => *highest = offset,
@@ -208,11 +232,7 @@ impl Ledger {
         }
         self.offsets.track(partition, offset);
         let request = match decoded {
-            Decoded::Skip => {
-                self.offsets.finish(partition, offset);
-                progress.finished.push(Finish::Skipped);
-                return;
-            }
+            Decoded::Skip => unreachable!("handled above"),
             Decoded::DeadLetter(rejection) => {
                 let event = self.insert(partition, offset, record, now);
                 let pending = self.events.get_mut(&event).expect("just inserted");

@@ -138,6 +138,17 @@ impl OffsetTracker {
             .track(offset);
     }
 
+    /// Offsets up to `last` that need no work (the decoder skipped them):
+    /// only the end moves. A finished offset never holds a commit back (the
+    /// front of a queue is always unfinished), so none is queued.
+    pub fn skip_through(&mut self, partition: &PartitionId, last: i64) {
+        let watermark = match self.partitions.get_mut(partition) {
+            Some(w) => w,
+            None => self.partitions.entry(partition.clone()).or_default(),
+        };
+        watermark.next = Some(watermark.next.map_or(last + 1, |n| n.max(last + 1)));
+    }
+
     /// Marks an offset finished; false if it was not tracked (e.g. revoked).
     pub fn finish(&mut self, partition: &PartitionId, offset: i64) -> bool {
         self.partitions

@@ -27,13 +27,34 @@ use crate::ops::health::{any_broker_up, Health};
 use crate::ops::log_throttle::KafkaLinkLog;
 use crate::ops::metrics::Metrics;
 
-/// One message read from Kafka, already decoded.
+/// What was read from Kafka, already decoded.
 #[derive(Debug)]
-pub struct SourceRecord {
-    pub partition: PartitionId,
-    pub offset: i64,
-    pub record: RawRecord,
-    pub decoded: Decoded,
+pub enum SourceRecord {
+    /// One message with work to do (a deletion or a dead letter).
+    Message {
+        partition: PartitionId,
+        offset: i64,
+        record: RawRecord,
+        decoded: Decoded,
+    },
+    /// Consecutive offsets of one partition that the decoder skipped (other
+    /// event types): one entry for the run, nothing to do but move the
+    /// watermark. On a topic of mostly other types this is most messages.
+    Skipped {
+        partition: PartitionId,
+        first: i64,
+        last: i64,
+    },
+}
+
+impl SourceRecord {
+    pub fn partition(&self) -> &PartitionId {
+        match self {
+            SourceRecord::Message { partition, .. } | SourceRecord::Skipped { partition, .. } => {
+                partition
+            }
+        }
+    }
 }
 
 /// What the consumer thread tells the pipeline, in the order it happened.
@@ -96,6 +117,9 @@ const HARD_PAUSE_AFTER: Duration = Duration::from_secs(5);
 /// Records per chunk sent to the pipeline.
 pub const SOURCE_CHUNK: usize = 256;
 
+/// Messages per chunk at most, counting each message of a skipped run.
+const SOURCE_CHUNK_MESSAGES: usize = 4096;
+
 struct SourceContext {
     events: mpsc::Sender<SourceEvent>,
     /// Records read but not yet handed over. Lives here so the rebalance
@@ -141,7 +165,10 @@ fn offsets_list(marks: &[(PartitionId, i64)]) -> TopicPartitionList {
 impl SourceContext {
     /// Hands the pending records over; false once the pipeline is gone.
     fn flush(&self) -> bool {
-        let chunk = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        let chunk = std::mem::replace(
+            &mut *self.pending.lock().expect("pending lock"),
+            Vec::with_capacity(SOURCE_CHUNK),
+        );
         chunk.is_empty()
             || self
                 .events
@@ -365,6 +392,9 @@ fn consume(
     // fresh end offset with a fresh position.
     let positions_every = lag_every.min(Duration::from_millis(100));
     let mut lag_due = std::time::Instant::now();
+    // Messages read since the last hand-over by this loop: runs of skipped
+    // messages keep the chunk short, so its length alone would not bound it.
+    let mut read_since_flush = 0usize;
     loop {
         if lag_due.elapsed() >= positions_every {
             lag_due = std::time::Instant::now();
@@ -468,33 +498,47 @@ fn consume(
         );
         let payload = message.payload();
         let decoded = decoder.decode(payload);
-        // Key and payload are kept only for events that might be
-        // dead-lettered later: a skipped event finishes on admission.
-        let record = if matches!(decoded, Decoded::Skip) {
-            RawRecord::default()
-        } else {
-            RawRecord {
-                key: message.key().map(Bytes::copy_from_slice),
-                payload: payload.map(Bytes::copy_from_slice),
-                timestamp_ms: message.timestamp().to_millis(),
-                replay_count: replay_count(&message),
+        let offset = message.offset();
+        let full = if matches!(decoded, Decoded::Skip) {
+            // Key and payload are kept only for events that might be
+            // dead-lettered later; a skip extends the partition's open run.
+            drop(message);
+            let mut pending = consumer.context().pending.lock().expect("pending lock");
+            match pending.last_mut() {
+                Some(SourceRecord::Skipped {
+                    partition: p, last, ..
+                }) if *last + 1 == offset && *p == partition => *last = offset,
+                _ => pending.push(SourceRecord::Skipped {
+                    partition,
+                    first: offset,
+                    last: offset,
+                }),
             }
-        };
-        let record = SourceRecord {
-            partition,
-            offset: message.offset(),
-            record,
-            decoded,
-        };
-        drop(message);
-        let full = {
+            pending.len() >= SOURCE_CHUNK
+        } else {
+            let record = SourceRecord::Message {
+                partition,
+                offset,
+                record: RawRecord {
+                    key: message.key().map(Bytes::copy_from_slice),
+                    payload: payload.map(Bytes::copy_from_slice),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    replay_count: replay_count(&message),
+                },
+                decoded,
+            };
+            drop(message);
             let mut pending = consumer.context().pending.lock().expect("pending lock");
             pending.push(record);
             pending.len() >= SOURCE_CHUNK
         };
-        if full && !consumer.context().flush() {
-            await_stop(&consumer, &commands, &metrics);
-            return;
+        read_since_flush += 1;
+        if full || read_since_flush >= SOURCE_CHUNK_MESSAGES {
+            read_since_flush = 0;
+            if !consumer.context().flush() {
+                await_stop(&consumer, &commands, &metrics);
+                return;
+            }
         }
     }
 }

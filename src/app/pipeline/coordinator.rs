@@ -17,9 +17,10 @@ use crate::domain::ledger::{
     merge_already_deleted, AuditDue, AuditStatus, EventId, Ledger, Progress,
 };
 use crate::domain::offsets::PartitionId;
+use crate::domain::outcome::Finish;
 use crate::domain::revokes::{PendingRevoke, RevokeQueue};
 use crate::input::decode::DeadLetterReason;
-use crate::input::source::{self, SourceCommand, SourceEvent};
+use crate::input::source::{self, SourceCommand, SourceEvent, SourceRecord};
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::output::audit::{build_records, AuditInput, AuditWriter};
@@ -256,17 +257,29 @@ impl Coordinator {
                 for r in records {
                     // Stale records (their partition was revoked meanwhile) and
                     // records read while stopping are left for the next owner.
-                    if stopping || !self.ledger.owns(&r.partition) {
+                    if stopping || !self.ledger.owns(r.partition()) {
                         continue;
                     }
-                    self.ledger.admit_into(
-                        &r.partition,
-                        r.offset,
-                        r.record,
-                        r.decoded,
-                        now,
-                        &mut progress,
-                    );
+                    match r {
+                        SourceRecord::Message {
+                            partition,
+                            offset,
+                            record,
+                            decoded,
+                        } => self.ledger.admit_into(
+                            &partition,
+                            offset,
+                            record,
+                            decoded,
+                            now,
+                            &mut progress,
+                        ),
+                        SourceRecord::Skipped {
+                            partition,
+                            first,
+                            last,
+                        } => self.ledger.skip_run(&partition, first, last, &mut progress),
+                    }
                 }
                 self.apply(progress);
             }
@@ -327,6 +340,7 @@ impl Coordinator {
         for outcome in progress.finished {
             self.finished_counters[outcome as usize].inc();
         }
+        self.finished_counters[Finish::Skipped as usize].inc_by(progress.skipped);
         if !progress.deleted_timestamps_ms.is_empty() {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

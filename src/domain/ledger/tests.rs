@@ -227,8 +227,8 @@ fn bad_input_and_skips() {
     let now = Instant::now();
     assert_eq!(
         l.admit(&p, 0, RawRecord::default(), Decoded::Skip, now)
-            .finished,
-        vec![Finish::Skipped]
+            .skipped,
+        1
     );
     let pr = l.admit(
         &p,
