@@ -449,6 +449,7 @@ fn run_on(
         duplicate_ratio: 0.2,
         poison_ratio: 0.0,
         seed: 5,
+        ..SynthSpec::default()
     });
     let avg_bytes = events.iter().map(|e| e.payload.len()).sum::<usize>() / total.max(1);
     let distinct_ids = events

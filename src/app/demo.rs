@@ -103,6 +103,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         duplicate_ratio: 0.2,
         poison_ratio: 0.01,
         seed: 2026,
+        ..SynthSpec::default()
     });
     let expected: std::collections::HashSet<(String, IdKind, String)> = events
         .iter()

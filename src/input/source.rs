@@ -21,6 +21,7 @@ use crate::domain::ledger::RawRecord;
 use crate::domain::offsets::PartitionId;
 use crate::domain::revokes::Generation;
 use crate::input::decode::{Decoded, EventDecoder};
+use crate::input::headers;
 use crate::input::lag::LagTracker;
 use crate::input::retention;
 use crate::ops::health::{any_broker_up, Health};
@@ -467,7 +468,8 @@ fn consume(
             &metrics,
         );
         let payload = message.payload();
-        let decoded = decoder.decode(payload);
+        let headers = message.headers().into_iter().flat_map(headers::each);
+        let decoded = decoder.decode_message(payload, headers);
         // Key and payload are kept only for events that might be
         // dead-lettered later: a skipped event finishes on admission.
         let record = if matches!(decoded, Decoded::Skip) {
@@ -633,12 +635,9 @@ fn await_stop(
 /// The `replay_count` header a `replay-dlq` run put on the record, so a
 /// record that fails again keeps counting towards `--max-replays`.
 fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == crate::output::dead_letter::headers::REPLAY_COUNT)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
+    headers::each(message.headers()?)
+        .find(|(key, _)| *key == crate::output::dead_letter::headers::REPLAY_COUNT.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value?).ok())
         .and_then(|v| v.trim().parse().ok())
 }
 
