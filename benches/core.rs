@@ -131,6 +131,7 @@ fn main() {
                 payload: Some(bytes::Bytes::copy_from_slice(&e.payload)),
                 timestamp_ms: Some(0),
                 replay_count: None,
+                headers: Vec::new(),
             })
             .collect();
         let started = Instant::now();

@@ -33,6 +33,11 @@ pub struct DeletionRequest {
     pub cloud_event: Option<Arc<CloudEventRef>>,
 }
 
+/// A record's Kafka headers as read, in order: key and value (`None`: a
+/// null value). Carried to its dead letter: a binary-mode CloudEvent's
+/// attributes are headers.
+pub type RecordHeaders = Vec<(Box<[u8]>, Option<Box<[u8]>>)>;
+
 /// A source record an audit record covers: where it was read, and the
 /// CloudEvent it carried (`event.format = "cloudevents"`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::domain::batch::{BatchCapacity, DeleteBatch, RegionBatcher};
 use crate::domain::dedup::{Admission, DeletionKey, DeletionTable};
 pub use crate::domain::event::SourceRef;
-use crate::domain::event::{CloudEventRef, Decoded, Rejection};
+use crate::domain::event::{CloudEventRef, Decoded, RecordHeaders, Rejection};
 use crate::domain::ids::{IdKind, RegionName};
 use crate::domain::offsets::{OffsetTracker, PartitionId};
 use crate::domain::outcome::DeadLetterReason;
@@ -32,6 +32,8 @@ pub struct RawRecord {
     pub timestamp_ms: Option<i64>,
     /// How often `replay-dlq` already moved this record back (its header).
     pub replay_count: Option<u32>,
+    /// Its own headers, for its dead letter.
+    pub headers: RecordHeaders,
 }
 
 pub use crate::domain::outcome::Finish;

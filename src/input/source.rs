@@ -480,6 +480,10 @@ fn consume(
                 payload: payload.map(Bytes::copy_from_slice),
                 timestamp_ms: message.timestamp().to_millis(),
                 replay_count: replay_count(&message),
+                headers: message.headers().map_or_else(Vec::new, |h| {
+                    let copy = |(k, v): (&[u8], Option<&[u8]>)| (k.into(), v.map(Into::into));
+                    headers::each(h).map(copy).collect()
+                }),
             }
         };
         let record = SourceRecord {

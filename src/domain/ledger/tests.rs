@@ -178,6 +178,7 @@ fn rejected_id_dead_letters_every_waiting_event_after_its_other_ids() {
         payload: Some(Bytes::from_static(b"{}")),
         timestamp_ms: None,
         replay_count: None,
+        headers: Vec::new(),
     };
     l.admit(&p, 0, rec, delete("eu1", &[(G, "bad"), (I, "ok")]), now);
     l.admit(
