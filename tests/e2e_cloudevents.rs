@@ -8,7 +8,9 @@
 //! poison event dead-lettered with its reason, envelope errors included, the
 //! group's offsets at the end of every partition, the API contract kept),
 //! and with the audit trail: every event that asked for a deletion is named
-//! in an audit record with its CloudEvents `id` and `source`.
+//! in an audit record with its CloudEvents `id` and `source`; every dead
+//! letter starts with its source record's headers (in binary mode, the
+//! CloudEvent's attributes), for `replay-dlq` to put back.
 //!
 //! - structured mode: the payload is the JSON envelope;
 //! - binary mode: the attributes are `ce_*` headers, and a third of the
@@ -35,10 +37,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::domain::outcome::DeadLetterReason;
+use clevertap_deleter::input::headers as record_headers;
 use clevertap_deleter::testkit::fake_api::Faults;
 use clevertap_deleter::testkit::synth::{
     cloudevent, generate, SynthEvent, SynthFormat, SynthSpec, CLOUDEVENT_SOURCE,
 };
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
 use broker::Produced;
@@ -163,6 +168,78 @@ fn check_audit_trail(world: &World, audit_topic: &str, produced: &Produced) -> u
     records.len()
 }
 
+/// Every dead letter starts with its source record's own headers, as
+/// produced (for binary mode, the CloudEvent's attributes), and counts them
+/// in `original_header_count`. Returns how many dead letters had headers.
+fn check_dead_letter_headers(world: &World, produced: &Produced) -> usize {
+    let by_position: HashMap<(i32, i64), &SynthEvent> = produced
+        .positions
+        .iter()
+        .copied()
+        .zip(&produced.events)
+        .collect();
+    let dlq_topic = format!("{}.dlq", world.topic);
+    let consumer: BaseConsumer = world
+        .broker
+        .client_config()
+        .set("group.id", "e2e-dead-letter-headers")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let end = world.broker.high_watermarks(&dlq_topic, 1)[0];
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&dlq_topic, 0, Offset::Beginning)
+        .expect("offset");
+    consumer.assign(&tpl).expect("assign");
+    let (mut read, mut with_headers) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < end {
+        assert!(
+            Instant::now() < deadline,
+            "read {read} of {end} dead letters"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.expect("a dead letter");
+        read = m.offset() + 1;
+        let headers: Vec<(String, String)> = m
+            .headers()
+            .map(|h| {
+                record_headers::each(h)
+                    .map(|(k, v)| {
+                        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                        (text(k), v.map(text).unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let at = (
+            header("source_partition")
+                .expect("source_partition")
+                .parse()
+                .expect("a number"),
+            header("source_offset")
+                .expect("source_offset")
+                .parse()
+                .expect("a number"),
+        );
+        let event = by_position[&at];
+        assert_eq!(headers[..event.headers.len()], event.headers[..], "{at:?}");
+        let count = (!event.headers.is_empty()).then(|| event.headers.len().to_string());
+        assert_eq!(header("original_header_count"), count, "{at:?}");
+        with_headers += usize::from(count.is_some());
+    }
+    with_headers
+}
+
 /// Produces `events` in `world`, runs one daemon until everything is
 /// committed, and checks deletions, dead letters, offsets and the audit trail.
 fn run_scenario(label: &str, world: World, events: Vec<SynthEvent>) {
@@ -197,6 +274,7 @@ fn run_scenario(label: &str, world: World, events: Vec<SynthEvent>) {
 
     let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
     let audit_records = check_audit_trail(&world, &audit_topic, &produced);
+    let dead_with_headers = check_dead_letter_headers(&world, &produced);
     assert_eq!(
         metric_sum(&metrics, "clevertap_deleter_events_consumed_total"),
         expected.events() as f64,
@@ -209,7 +287,8 @@ fn run_scenario(label: &str, world: World, events: Vec<SynthEvent>) {
     assert_eq!(skipped, 20.0, "the user-created CloudEvents are skipped");
     println!(
         "[{label}] all committed {took:.1?} after start; {outcome}; dead letters by reason \
-         {reasons:?}; {audit_records} audit records"
+         {reasons:?} ({dead_with_headers} with the original headers); {audit_records} audit \
+         records"
     );
 }
 
