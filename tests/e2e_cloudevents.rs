@@ -74,24 +74,26 @@ fn events(format: SynthFormat, binary: bool, seed: u64) -> Vec<SynthEvent> {
         ..SynthSpec::default()
     });
     for n in 0..20 {
-        let (headers, payload) = cloudevent(
-            binary,
-            "user-created",
-            Some(&format!("created-{n}")),
-            br#"{"identity":"not-to-delete"}"#,
-        );
-        events.insert(
-            n * 100,
-            SynthEvent {
-                key: format!("created-{n}"),
-                headers,
-                payload,
-                deletions: Vec::new(),
-                poison: None,
-            },
-        );
+        let id = format!("created-{n}");
+        let message = cloudevent(binary, "user-created", Some(&id), br#"{"identity":"x"}"#);
+        events.insert(n * 100, asking_nothing(id, message, None));
     }
     events
+}
+
+/// An event that deletes nothing: skipped, or dead-lettered with `poison`.
+fn asking_nothing(
+    key: String,
+    (headers, payload): (Vec<(String, String)>, Vec<u8>),
+    poison: Option<DeadLetterReason>,
+) -> SynthEvent {
+    SynthEvent {
+        key,
+        headers,
+        payload,
+        deletions: Vec::new(),
+        poison,
+    }
 }
 
 /// Moves the region of every third binary-mode deletion from its data to
@@ -313,5 +315,20 @@ fn e2e_cloudevents_binary_mode_with_region_header() {
     let mut events = events(SynthFormat::CloudEventsBinary, true, 902);
     let moved = region_by_header(&mut events);
     assert!(moved > 500, "{moved} events with the region in a header");
+    // A header and the data that disagree on the region: neither wins.
+    for n in 0..10 {
+        let (mut headers, payload) = cloudevent(
+            true,
+            "user-deleted",
+            Some(&format!("conflict-{n}")),
+            format!(r#"{{"region":"eu1","identity":"conflict-{n}"}}"#).as_bytes(),
+        );
+        headers.push(("tenant-region".into(), "in1".into()));
+        let poison = Some(DeadLetterReason::DuplicateKey);
+        events.insert(
+            n * 250 + 7,
+            asking_nothing(format!("conflict-{n}"), (headers, payload), poison),
+        );
+    }
     run_scenario("cloudevents binary", world, events);
 }
