@@ -2,13 +2,13 @@
 //! skip, or a dead-letter verdict with a reason. Never panics on input.
 //!
 //! Two formats (`event.format`): `json`, where the payload is the event, and
-//! `cloudevents`, CloudEvents 1.0 in the Kafka protocol binding (`cloudevents`:
-//! structured mode, a JSON envelope read by `envelope`, or binary mode, the
-//! attributes in `ce_*` headers). The JSON the pointers apply to (the event,
-//! or a CloudEvent's data) is read by one of two paths that must agree:
-//! `flat` (top-level keys, no JSON tree) and `tree` (nested pointers);
-//! `field` is what both return, `given` the fields headers give, `checks`
-//! the verdict on them.
+//! `cloudevents`, CloudEvents 1.0 in the Kafka protocol binding (module
+//! `cloudevents`): structured mode, a JSON envelope (read in one pass by
+//! `envelope`), or binary mode, the attributes in `ce_*` headers. The JSON
+//! the pointers apply to (the event, or a CloudEvent's data) is read by one
+//! of two paths that must agree: `flat` (top-level keys, no JSON tree) and
+//! `tree` (nested pointers); `field` is what both return, `given` the fields
+//! headers give, `checks` the verdict on them.
 
 mod checks;
 mod cloudevents;
@@ -83,6 +83,7 @@ pub struct EventDecoder {
     /// CloudEvents only: per field ([`Which`]), the attribute its `ce_<attr>`
     /// header names, read from the envelope in structured mode.
     attributes: [Option<String>; 4],
+    /// Some header is read: otherwise a message's headers are not looked at.
     reads_headers: bool,
 }
 

@@ -234,13 +234,13 @@ mod tests {
                 detail: "no id".into(),
             },
         };
+        // Every key written is UTF-8: rdkafka's own reader will do.
         let read = |h: &OwnedHeaders| -> Vec<(String, String)> {
-            crate::input::headers::each(h.as_borrowed())
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v.unwrap_or_default()).into_owned(),
-                    )
+            use rdkafka::message::Headers;
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_string(), value.into_owned())
                 })
                 .collect()
         };
