@@ -1,19 +1,25 @@
 //! The pure core on one thread, no network: decode (the consumer thread's
 //! share of the work) and the ledger (the coordinator's share: admit, dedup,
 //! batch, confirm, offsets) over the same synthetic events as the throughput
-//! benchmark. Prints nanoseconds per event for each step, best of 5 rounds.
-//! `cargo bench --bench core`; BENCH_EVENTS=N (default 500,000).
+//! benchmark. Decode is measured per `event.format`: the events as plain
+//! JSON, as structured-mode CloudEvents and as binary-mode CloudEvents
+//! (headers read the way the consumer reads them). Prints nanoseconds per
+//! event for each step, best of 5 rounds.
+//! `cargo bench --bench core`; BENCH_EVENTS=N (default 500,000) for the
+//! ledger, BENCH_DECODE_EVENTS=N (default 100,000) per decoded format.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use clevertap_deleter::config::from_toml;
+use clevertap_deleter::config::{from_toml, EventFormat};
 use clevertap_deleter::domain::batch::BatchCapacity;
 use clevertap_deleter::domain::ledger::{Ledger, LedgerSettings, Progress, RawRecord};
 use clevertap_deleter::domain::offsets::PartitionId;
 use clevertap_deleter::input::decode::{Decoded, EventDecoder};
+use clevertap_deleter::input::headers;
 use clevertap_deleter::input::source::SOURCE_CHUNK;
-use clevertap_deleter::testkit::synth::{generate, SynthSpec};
+use clevertap_deleter::testkit::synth::{generate, SynthEvent, SynthFormat, SynthSpec};
+use rdkafka::message::OwnedHeaders;
 
 // The daemon's allocator (src/main.rs), so the figures are the daemon's.
 #[global_allocator]
@@ -27,7 +33,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500_000);
     // Under valgrind's callgrind (stable instruction counts on a noisy
-    // machine): BENCH_ROUNDS=1, and --toggle-collect='*run_ledger*'.
+    // machine): BENCH_ROUNDS=1, and --toggle-collect='*run_ledger*', or
+    // '*decode_*' (then `callgrind_annotate --inclusive=yes` gives each
+    // format's decode_json / decode_structured / decode_binary).
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -38,28 +46,80 @@ fn main() {
          [regions.us1]\naccount_id = \"C\"\npasscode = \"p\"\n",
     )
     .expect("config");
-    let events = generate(&SynthSpec {
-        count: total,
+    let decode_total: usize = std::env::var("BENCH_DECODE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let spec = |count, format| SynthSpec {
+        count,
         regions: vec!["eu1".into(), "in1".into(), "us1".into()],
         duplicate_ratio: 0.2,
         poison_ratio: 0.0,
         seed: 5,
-    });
-    let decoder = EventDecoder::new(&config.settings.event, &config.regions);
+        format,
+    };
+    let events = generate(&spec(total, SynthFormat::Json));
     let partitions: Vec<PartitionId> = (0..PARTITIONS)
         .map(|p| PartitionId::new("bench", p))
         .collect();
+    let per = |d: Duration, n: usize| d.as_nanos() as f64 / n.max(1) as f64;
+    println!("best of {rounds} rounds, one thread");
 
-    let mut decode_best = Duration::MAX;
-    let mut decoded = Vec::new();
-    for _ in 0..rounds {
-        let started = Instant::now();
-        decoded = events
+    type Run = fn(&EventDecoder, &[SynthEvent], &[Option<OwnedHeaders>]) -> Vec<Decoded>;
+    let formats: [(&str, SynthFormat, EventFormat, Run); 3] = [
+        ("json", SynthFormat::Json, EventFormat::Json, decode_json),
+        (
+            "cloudevents, structured",
+            SynthFormat::CloudEventsStructured,
+            EventFormat::CloudEvents,
+            decode_structured,
+        ),
+        (
+            "cloudevents, binary",
+            SynthFormat::CloudEventsBinary,
+            EventFormat::CloudEvents,
+            decode_binary,
+        ),
+    ];
+    for (name, synth, format, run) in formats {
+        let mut events = generate(&spec(decode_total, synth));
+        let headers: Vec<Option<OwnedHeaders>> =
+            events.iter().map(SynthEvent::kafka_headers).collect();
+        let bytes: usize = events.iter().map(|e| e.payload.len()).sum();
+        let header_bytes: usize = events
             .iter()
-            .map(|e| decoder.decode(Some(&e.payload)))
-            .collect::<Vec<Decoded>>();
-        decode_best = decode_best.min(started.elapsed());
+            .flat_map(|e| &e.headers)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        for e in &mut events {
+            e.headers = Vec::new();
+        }
+        let mut settings = config.settings.event.clone();
+        settings.format = format;
+        let decoder = EventDecoder::new(&settings, &config.regions);
+        let mut best = Duration::MAX;
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let out = run(&decoder, &events, &headers);
+            best = best.min(started.elapsed());
+            assert!(
+                out.iter().all(|d| matches!(d, Decoded::Delete(_))),
+                "{name}: every event is a deletion"
+            );
+        }
+        println!(
+            "decode, {name:<24} {:>5.0} ns per event ({decode_total} events; {} payload + {} header bytes on average)",
+            per(best, decode_total),
+            bytes / decode_total.max(1),
+            header_bytes / decode_total.max(1),
+        );
     }
+
+    let decoder = EventDecoder::new(&config.settings.event, &config.regions);
+    let decoded: Vec<Decoded> = events
+        .iter()
+        .map(|e| decoder.decode(Some(&e.payload)))
+        .collect();
 
     let mut ledger_best = Duration::MAX;
     for _ in 0..rounds {
@@ -71,6 +131,7 @@ fn main() {
                 payload: Some(bytes::Bytes::copy_from_slice(&e.payload)),
                 timestamp_ms: Some(0),
                 replay_count: None,
+                headers: Vec::new(),
             })
             .collect();
         let started = Instant::now();
@@ -78,13 +139,53 @@ fn main() {
         ledger_best = ledger_best.min(started.elapsed());
         assert_eq!(finished, total, "every event finished");
     }
-    let per = |d: Duration| d.as_nanos() as f64 / total as f64;
-    println!("{total} events, best of {rounds} rounds, one thread");
-    println!("decode: {:>7.0} ns per event", per(decode_best));
     println!(
-        "ledger: {:>7.0} ns per event (admit, dedup, batch, confirm, offsets)",
-        per(ledger_best)
+        "ledger: {:>7.0} ns per event ({total} events; admit, dedup, batch, confirm, offsets)",
+        per(ledger_best, total)
     );
+}
+
+/// Decodes every event as the consumer thread does (headers read through
+/// [`headers::each`]).
+fn decode_all(
+    decoder: &EventDecoder,
+    events: &[SynthEvent],
+    headers: &[Option<OwnedHeaders>],
+) -> Vec<Decoded> {
+    events
+        .iter()
+        .zip(headers)
+        .map(|(e, h)| {
+            decoder.decode_message(
+                Some(&e.payload),
+                h.iter().flat_map(|h| headers::each(h.as_borrowed())),
+            )
+        })
+        .collect()
+}
+
+// One function per format, for callgrind's per-function totals.
+// (black_box keeps the three from being merged into one.)
+#[inline(never)]
+fn decode_json(d: &EventDecoder, e: &[SynthEvent], h: &[Option<OwnedHeaders>]) -> Vec<Decoded> {
+    black_box(1);
+    decode_all(d, e, h)
+}
+
+#[inline(never)]
+fn decode_structured(
+    d: &EventDecoder,
+    e: &[SynthEvent],
+    h: &[Option<OwnedHeaders>],
+) -> Vec<Decoded> {
+    black_box(2);
+    decode_all(d, e, h)
+}
+
+#[inline(never)]
+fn decode_binary(d: &EventDecoder, e: &[SynthEvent], h: &[Option<OwnedHeaders>]) -> Vec<Decoded> {
+    black_box(3);
+    decode_all(d, e, h)
 }
 
 /// Admits every event in partition round robin, in chunks of 256 as the

@@ -22,7 +22,7 @@ mod validation;
 pub use audit::{AuditSettings, IdDisclosure};
 pub use batch_api::{ApiSettings, BatchSettings, DedupSettings, PipelineSettings};
 pub use error::{env_var_for, ConfigError, ENV_PREFIX};
-pub use event::EventSettings;
+pub use event::{EventFormat, EventSettings};
 pub use kafka::{KafkaSettings, KAFKA_ENV_PROPERTIES};
 pub use regions::{default_endpoint, RegionAccount, RegionSettings, DELETE_PATH};
 pub use settings::{redacted_toml, LogSettings, ServerSettings, Settings};
@@ -171,18 +171,7 @@ pub fn validate_with_env(
             ));
         }
     }
-    if e.identity_pointer.is_empty() && e.guid_pointer.is_empty() {
-        return Err(ConfigError::new(
-            "event.identity_pointer",
-            "identity_pointer and guid_pointer are both empty: no id could ever be read",
-        ));
-    }
-    if !e.type_pointer.is_empty() && e.accept_types.is_empty() {
-        return Err(ConfigError::new(
-            "event.accept_types",
-            "is empty while type_pointer is set: every message would be skipped",
-        ));
-    }
+    e.check_fields()?;
     if e.max_id_bytes == 0 || e.max_ids_per_event == 0 || e.max_message_bytes == 0 {
         return Err(ConfigError::new(
             "event",

@@ -74,6 +74,19 @@ fn demo_with_injected_faults_still_deletes_everything() {
 }
 
 #[test]
+fn demo_with_cloudevents_deletes_everything() {
+    let (code, out, err) = demo(&["--events", "3000", "--cloudevents"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("as CloudEvents"), "{out}");
+    assert_eq!(number_after(&out, "events consumed"), 3000);
+    assert!(
+        out.contains("invalid_cloudevent="),
+        "dead letters by reason: {out}"
+    );
+    assert!(out.contains("verified: all"), "{out}");
+}
+
+#[test]
 fn demo_refuses_a_fault_rate_of_one() {
     let (code, _, err) = demo(&["--fail-rate", "1"]);
     assert_eq!(code, 2);

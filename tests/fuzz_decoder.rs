@@ -1,5 +1,7 @@
 //! Property tests ("fuzzing" on stable) of the event decoder: it never panics,
-//! whatever the bytes, and its verdicts respect the configured limits.
+//! whatever the bytes (and headers), and its verdicts respect the configured
+//! limits; a CloudEvent in either mode gets the verdict of the same event as
+//! plain JSON, or the envelope error it was given.
 //!
 //! Each test runs a fixed number of cases (20,000 for arbitrary bytes) in
 //! `cargo test`; `PROPTEST_CASES` overrides them all for a longer run:
@@ -13,10 +15,12 @@
 
 use std::collections::HashSet;
 
-use clevertap_deleter::config::{EventSettings, RegionAccount};
+use clevertap_deleter::config::{EventFormat, EventSettings, RegionAccount};
 use clevertap_deleter::domain::ids::RegionName;
 use clevertap_deleter::domain::secret::Secret;
-use clevertap_deleter::input::decode::{DeadLetterReason, Decoded, EventDecoder};
+use clevertap_deleter::input::decode::{
+    DeadLetterReason, Decoded, EventDecoder, MAX_ATTRIBUTE_BYTES,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -663,6 +667,315 @@ fn repeated_keys_follow_the_rules() {
             "no case reached `{expected}`: {outcomes:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------- CloudEvents
+
+/// A decoder for `event.format = "cloudevents"` (or plain JSON), the region
+/// also readable from the header `tenant-region`.
+fn decoder_for(format: EventFormat) -> EventDecoder {
+    let settings = EventSettings {
+        format,
+        region_header: Some("tenant-region".into()),
+        default_region: Some("eu1".into()),
+        max_message_bytes: 4 * MAX_MESSAGE_BYTES,
+        max_id_bytes: MAX_ID_BYTES,
+        max_ids_per_event: MAX_IDS,
+        ..EventSettings::default()
+    };
+    let regions: Vec<RegionAccount> = REGIONS
+        .iter()
+        .map(|n| RegionAccount {
+            name: RegionName::new(n),
+            account_id: "A".into(),
+            passcode: Secret::new("p"),
+            endpoint: "https://x".into(),
+        })
+        .collect();
+    EventDecoder::new(&settings, &regions)
+}
+
+/// Headers a CloudEvents decoder reads, and some it does not.
+fn header_name() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "content-type",
+        "ce_specversion",
+        "ce_type",
+        "ce_id",
+        "ce_source",
+        "tenant-region",
+        "ce_time",
+        "other",
+    ])
+    .prop_map(str::to_string)
+}
+
+/// Values for them: the ones that make a CloudEvent, and anything.
+fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "1.0",
+            "0.3",
+            "user-deleted",
+            "user-created",
+            "application/json",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+            "application/avro",
+            "e-1",
+            "/s",
+            "IN1",
+            "",
+        ])
+        .prop_map(|v| Some(v.as_bytes().to_vec())),
+        1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(Some),
+        1 => Just(None),
+    ]
+}
+
+#[test]
+fn arbitrary_messages_with_headers_never_panic_in_cloudevents_mode() {
+    let d = decoder_for(EventFormat::CloudEvents);
+    let max = 4 * MAX_MESSAGE_BYTES;
+    let payload = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..(2 * max)),
+        json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+    ];
+    let headers = prop::collection::vec((header_name(), header_value()), 0..8);
+    run(
+        "arbitrary messages with headers (cloudevents)",
+        5_000,
+        (payload, headers),
+        |(payload, headers)| {
+            let verdict = d.decode_message(
+                Some(&payload),
+                headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())),
+            );
+            match &verdict {
+                Decoded::DeadLetter(r) => {
+                    prop_assert_ne!(r.reason, DeadLetterReason::ApiRejected);
+                    prop_assert_ne!(r.reason, DeadLetterReason::Unconfirmed);
+                    prop_assert!(r.detail.len() <= 200, "detail too long: {}", r.detail);
+                    if r.reason == DeadLetterReason::TooLarge {
+                        prop_assert!(payload.len() > max);
+                    }
+                }
+                Decoded::Skip => {}
+                Decoded::Delete(req) => {
+                    prop_assert!(payload.len() <= max);
+                    prop_assert!(!req.ids.is_empty() && req.ids.len() <= MAX_IDS);
+                    prop_assert!(REGIONS.contains(&req.region.as_str()));
+                    let ce = req.cloud_event.as_ref().expect("a CloudEvent's identity");
+                    prop_assert!(!ce.id.is_empty() && ce.id.len() <= MAX_ATTRIBUTE_BYTES);
+                    prop_assert!(!ce.source.is_empty() && ce.source.len() <= MAX_ATTRIBUTE_BYTES);
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// What is done to a well-formed CloudEvent before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Envelope {
+    AsIs,
+    /// The region moves from the data to the header `tenant-region`.
+    RegionInHeader,
+    /// Structured mode: `data_base64` instead of `data` (binary: as is).
+    Base64,
+    NoSpecversion,
+    Specversion03,
+    NoId,
+    NoSource,
+    /// The data's content type is not JSON.
+    AvroData,
+    /// Structured mode without the `content-type` header: not a CloudEvent.
+    NoContentType,
+}
+
+/// The verdict a CloudEvent must get, from the same event's verdict as
+/// plain JSON (`None`: the same).
+fn expected_for(change: Envelope, ty: Option<&str>, binary: bool) -> Option<&'static str> {
+    let accepted = ty == Some("user-deleted");
+    match change {
+        // Binary mode is recognised by its `ce_specversion` header.
+        Envelope::NoSpecversion if binary => Some("not_cloudevent"),
+        Envelope::NoSpecversion | Envelope::Specversion03 => Some("invalid_cloudevent"),
+        Envelope::NoContentType if !binary => Some("not_cloudevent"),
+        // The type filter comes first: another type is skipped.
+        _ if ty.is_none() => Some("invalid_cloudevent"),
+        _ if !accepted => Some("skip"),
+        Envelope::NoId | Envelope::NoSource | Envelope::AvroData => Some("invalid_cloudevent"),
+        _ => None,
+    }
+}
+
+/// The message (payload, headers) carrying `event` (its `type` as the
+/// CloudEvents type, the rest as data) after `change`.
+fn cloudevent_of(
+    event: &serde_json::Map<String, Value>,
+    change: Envelope,
+    binary: bool,
+) -> (Vec<u8>, Vec<(String, String)>) {
+    let mut data = event.clone();
+    let ty = data.remove("type");
+    let mut headers = Vec::new();
+    // A region that is a string (not empty: an empty header counts as
+    // absent) moves; any other stays in the data.
+    if change == Envelope::RegionInHeader {
+        if let Some(Value::String(region)) = data.get("region").cloned() {
+            if !region.is_empty() {
+                data.remove("region");
+                headers.push(("tenant-region".to_string(), region));
+            }
+        }
+    }
+    let mut attributes = serde_json::Map::new();
+    if change != Envelope::NoSpecversion {
+        let version = if change == Envelope::Specversion03 {
+            "0.3"
+        } else {
+            "1.0"
+        };
+        attributes.insert("specversion".into(), version.into());
+    }
+    if let Some(ty) = ty {
+        attributes.insert("type".into(), ty);
+    }
+    if change != Envelope::NoId {
+        attributes.insert("id".into(), "evt-1".into());
+    }
+    if change != Envelope::NoSource {
+        attributes.insert("source".into(), "/accounts".into());
+    }
+    let content_type = if change == Envelope::AvroData {
+        "application/avro"
+    } else {
+        "application/json"
+    };
+    let data = Value::Object(data);
+    if binary {
+        for (name, value) in attributes {
+            headers.push((
+                format!("ce_{name}"),
+                value.as_str().unwrap_or("").to_string(),
+            ));
+        }
+        headers.push(("content-type".into(), content_type.into()));
+        return (serde_json::to_vec(&data).unwrap(), headers);
+    }
+    attributes.insert("datacontenttype".into(), content_type.into());
+    if change == Envelope::Base64 {
+        let text = serde_json::to_vec(&data).unwrap();
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+        attributes.insert("data_base64".into(), encoded.into());
+    } else {
+        attributes.insert("data".into(), data);
+    }
+    if change != Envelope::NoContentType {
+        headers.push((
+            "content-type".into(),
+            "application/cloudevents+json; charset=utf-8".into(),
+        ));
+    }
+    (
+        serde_json::to_vec(&Value::Object(attributes)).unwrap(),
+        headers,
+    )
+}
+
+#[test]
+fn cloudevents_in_both_modes_get_the_plain_json_verdict() {
+    let json = decoder_for(EventFormat::Json);
+    let cloudevents = decoder_for(EventFormat::CloudEvents);
+    let change = prop::sample::select(vec![
+        Envelope::AsIs,
+        Envelope::RegionInHeader,
+        Envelope::Base64,
+        Envelope::NoSpecversion,
+        Envelope::Specversion03,
+        Envelope::NoId,
+        Envelope::NoSource,
+        Envelope::AvroData,
+        Envelope::NoContentType,
+    ]);
+    let outcomes = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let label = |d: &Decoded| match d {
+        Decoded::Delete(_) => "delete".to_string(),
+        Decoded::Skip => "skip".to_string(),
+        Decoded::DeadLetter(r) => r.reason.as_str().to_string(),
+    };
+    run(
+        "CloudEvent-shaped messages",
+        10_000,
+        (event(), change, any::<bool>()),
+        |((value, ids), change, binary)| {
+            let Value::Object(event) = value else {
+                unreachable!("event() makes objects")
+            };
+            let plain = json.decode(Some(&serde_json::to_vec(&event).unwrap()));
+            let (payload, headers) = cloudevent_of(&event, change, binary);
+            let verdict = cloudevents.decode_message(
+                Some(&payload),
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+            );
+            let ty = event.get("type").and_then(Value::as_str);
+            match expected_for(change, ty, binary) {
+                Some(expected) => prop_assert_eq!(label(&verdict), expected, "{:?}", change),
+                None => match (&plain, &verdict) {
+                    (Decoded::Delete(a), Decoded::Delete(b)) => {
+                        prop_assert_eq!(&a.region, &b.region);
+                        prop_assert_eq!(&a.ids, &b.ids);
+                        let ce = b.cloud_event.as_ref().expect("a CloudEvent");
+                        prop_assert_eq!(
+                            (ce.source.as_str(), ce.id.as_str()),
+                            ("/accounts", "evt-1")
+                        );
+                    }
+                    _ => prop_assert_eq!(label(&plain), label(&verdict), "{:?}", change),
+                },
+            }
+            if let Decoded::DeadLetter(r) = &verdict {
+                for id in &ids {
+                    prop_assert!(
+                        !r.detail.contains(id.as_str()),
+                        "detail names an id: {}",
+                        r.detail
+                    );
+                }
+            }
+            let mode = if binary { "binary" } else { "structured" };
+            *outcomes
+                .lock()
+                .unwrap()
+                .entry(format!("{mode} {}", label(&verdict)))
+                .or_default() += 1;
+            Ok(())
+        },
+    );
+    let outcomes = outcomes.into_inner().unwrap();
+    eprintln!("CloudEvent-shaped outcomes: {outcomes:?}");
+    for mode in ["binary", "structured"] {
+        for expected in [
+            "delete",
+            "skip",
+            "invalid_cloudevent",
+            "no_id",
+            "invalid_id",
+        ] {
+            let key = format!("{mode} {expected}");
+            assert!(
+                outcomes.get(&key).copied().unwrap_or(0) > 0,
+                "no case reached `{key}`: {outcomes:?}"
+            );
+        }
+    }
+    assert!(
+        outcomes.contains_key("structured not_cloudevent"),
+        "{outcomes:?}"
+    );
 }
 
 // ---------------------------------------------------------------- regressions

@@ -20,6 +20,7 @@ fn huge_event(size: usize) -> SynthEvent {
     let pad = "x".repeat(size - head.len() - tail.len());
     SynthEvent {
         key: "huge".into(),
+        headers: Vec::new(),
         payload: format!("{head}{pad}{tail}").into_bytes(),
         deletions: Vec::new(),
         poison: Some(clevertap_deleter::input::decode::DeadLetterReason::TooLarge),

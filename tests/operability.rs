@@ -347,6 +347,7 @@ impl Fixture {
 fn not_a_deletion(i: usize) -> SynthEvent {
     SynthEvent {
         key: format!("created-{i}"),
+        headers: Vec::new(),
         payload: format!(r#"{{"type":"user-created","region":"eu1","identity":"new-{i}"}}"#)
             .into_bytes(),
         deletions: Vec::new(),

@@ -45,6 +45,7 @@ impl Workload {
             duplicate_ratio,
             poison_ratio: 0.0,
             seed: 5,
+            ..SynthSpec::default()
         };
         match self {
             Workload::Deletions => generate(&spec(total, 0.2)),

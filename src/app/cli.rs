@@ -65,6 +65,10 @@ pub enum Command {
         /// After the summary, keep serving /metrics and /status until Ctrl-C.
         #[arg(long)]
         keep_serving: bool,
+        /// Produce CloudEvents (structured and binary mode mixed) and read
+        /// them with `event.format = "cloudevents"`.
+        #[arg(long)]
+        cloudevents: bool,
     },
     /// Move dead letters back to their source topic, in Kafka transactions.
     ReplayDlq {
@@ -229,6 +233,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             listen,
             partitions,
             keep_serving,
+            cloudevents,
         } => {
             for (name, v) in [
                 ("--fail-rate", fail_rate),
@@ -254,6 +259,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 listen,
                 partitions,
                 keep_serving,
+                cloudevents,
             };
             match runtime.block_on(crate::app::demo::run(opts)) {
                 Ok(true) => ExitCode::SUCCESS,

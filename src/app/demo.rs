@@ -18,7 +18,7 @@ use crate::domain::ledger::Finish;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap, Faults};
-use crate::testkit::synth::{generate, SynthSpec};
+use crate::testkit::synth::{generate, SynthFormat, SynthSpec};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// After the summary, keep serving /metrics until Ctrl-C.
     pub keep_serving: bool,
+    /// CloudEvents in both modes instead of plain JSON events.
+    pub cloudevents: bool,
 }
 
 /// The in-process Kafka keeps at most 5 MiB or 100,000 records per
@@ -95,6 +97,9 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
             api.endpoint()
         ));
     }
+    if opts.cloudevents {
+        toml.push_str("[event]\nformat = \"cloudevents\"\n");
+    }
     let config = crate::config::from_toml(&toml).map_err(|e| e.to_string())?;
 
     let events = generate(&SynthSpec {
@@ -103,6 +108,11 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         duplicate_ratio: 0.2,
         poison_ratio: 0.01,
         seed: 2026,
+        format: if opts.cloudevents {
+            SynthFormat::CloudEvents
+        } else {
+            SynthFormat::Json
+        },
     });
     let expected: std::collections::HashSet<(String, IdKind, String)> = events
         .iter()
@@ -134,6 +144,11 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
         events.len(),
         expected.len()
     );
+    if opts.cloudevents {
+        println!(
+            "  as CloudEvents, structured and binary mode mixed (event.format = \"cloudevents\")"
+        );
+    }
     if opts.fail_rate > 0.0 || opts.throttle_rate > 0.0 {
         println!(
             "  injected faults: {:.0}% of API calls answer 5xx, {:.0}% answer 429 (watch the retries)",
@@ -162,10 +177,13 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
             while i as u64 >= consumed_counter.get() + ahead {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let record = FutureRecord::to(TOPIC)
+            let mut record = FutureRecord::to(TOPIC)
                 .key(e.key.as_bytes())
                 .payload(&e.payload[..])
                 .partition((i % partitions as usize) as i32);
+            if let Some(headers) = e.kafka_headers() {
+                record = record.headers(headers);
+            }
             pending.push(producer.send(record, Duration::from_secs(10)));
             if pending.len() >= 1_000 {
                 futures::future::join_all(pending.drain(..)).await;

@@ -335,3 +335,49 @@ fn ca_file_is_checked() {
     assert_eq!(e.key, "api.ca_file", "{e}");
     assert!(from_toml(MINIMAL).unwrap().extra_roots.is_empty());
 }
+
+#[test]
+fn event_format_and_header_fields() {
+    let event = |body: &str| format!("{MINIMAL}\n[event]\n{body}");
+    let c = from_toml(&event(
+        "format = \"cloudevents\"\nregion_header = \"tenant-region\"\nguid_header = \"ce_subject\"",
+    ))
+    .unwrap();
+    assert_eq!(c.settings.event.format, EventFormat::CloudEvents);
+    assert_eq!(
+        c.settings.event.region_header.as_deref(),
+        Some("tenant-region")
+    );
+    // Ids by header only: no pointer is needed.
+    from_toml(&event(
+        "identity_pointer = \"\"\nguid_pointer = \"\"\nidentity_header = \"user-id\"",
+    ))
+    .unwrap();
+    for (body, key) in [
+        ("format = \"xml\"", "event.format"),
+        (
+            "format = \"cloudevents\"\ntype_header = \"t\"",
+            "event.type_header",
+        ),
+        (
+            "format = \"cloudevents\"\ntype_pointer = \"/kind\"",
+            "event.type_pointer",
+        ),
+        (
+            "format = \"cloudevents\"\nregion_header = \"ce_type\"",
+            "event.region_header",
+        ),
+        ("region_header = \" r \"", "event.region_header"),
+        (
+            "identity_header = \"h\"\nguid_header = \"h\"",
+            "event.guid_header",
+        ),
+        (
+            "format = \"cloudevents\"\naccept_types = []",
+            "event.accept_types",
+        ),
+    ] {
+        let got = from_toml(&event(body)).map(|_| ()).map_err(|e| e.key);
+        assert_eq!(got, Err(key.to_string()), "{body}");
+    }
+}

@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 use crate::domain::batch::{BatchCapacity, DeleteBatch, RegionBatcher};
 use crate::domain::dedup::{Admission, DeletionKey, DeletionTable};
-use crate::domain::event::{Decoded, Rejection};
+pub use crate::domain::event::SourceRef;
+use crate::domain::event::{CloudEventRef, Decoded, RecordHeaders, Rejection};
 use crate::domain::ids::{IdKind, RegionName};
 use crate::domain::offsets::{OffsetTracker, PartitionId};
 use crate::domain::outcome::DeadLetterReason;
@@ -31,6 +32,8 @@ pub struct RawRecord {
     pub timestamp_ms: Option<i64>,
     /// How often `replay-dlq` already moved this record back (its header).
     pub replay_count: Option<u32>,
+    /// Its own headers, for its dead letter.
+    pub headers: RecordHeaders,
 }
 
 pub use crate::domain::outcome::Finish;
@@ -50,7 +53,7 @@ pub struct AuditDue {
     /// Requests it took (set by the caller, who knows them).
     pub attempts: u32,
     /// The source records it covers, sorted, each once.
-    pub sources: Vec<(PartitionId, i64)>,
+    pub sources: Vec<SourceRef>,
     /// The events it covers, each once: hand them back to `audited`.
     pub events: Vec<EventId>,
 }
@@ -139,6 +142,19 @@ struct PendingEvent {
     admitted: Instant,
     /// Audit records naming this event not yet acknowledged (audit on).
     audit_holds: u32,
+    /// The CloudEvent it came in, for audit records.
+    cloud_event: Option<Arc<CloudEventRef>>,
+}
+
+impl PendingEvent {
+    /// The source record as audit records name it.
+    fn source(&self) -> SourceRef {
+        SourceRef {
+            partition: self.partition.clone(),
+            offset: self.offset,
+            cloud_event: self.cloud_event.clone(),
+        }
+    }
 }
 
 pub struct LedgerSettings {
@@ -272,6 +288,7 @@ impl Ledger {
         let pending = self.events.get_mut(&event).expect("just inserted");
         pending.remaining = remaining;
         pending.requested_deletion = requested;
+        pending.cloud_event = request.cloud_event;
         // Audit on: ids found in the recently-deleted memory are named in an
         // `already_deleted` record (one per id kind) before the event finishes.
         for kind in IdKind::ALL {
@@ -291,7 +308,7 @@ impl Ledger {
                 status: AuditStatus::AlreadyDeleted,
                 message: None,
                 attempts: 0,
-                sources: vec![(partition.clone(), offset)],
+                sources: vec![pending.source()],
                 events: vec![event],
             });
         }
@@ -320,6 +337,7 @@ impl Ledger {
                 rejection: None,
                 admitted: now,
                 audit_holds: 0,
+                cloud_event: None,
             },
         );
         id
@@ -375,7 +393,7 @@ impl Ledger {
                 if !audit.events.contains(&event) {
                     e.audit_holds += 1;
                     audit.events.push(event);
-                    audit.sources.push((e.partition.clone(), e.offset));
+                    audit.sources.push(e.source());
                 }
             }
         }
@@ -410,8 +428,8 @@ impl Ledger {
         region: &RegionName,
         kind: IdKind,
         ids: &[Arc<str>],
-    ) -> Vec<(PartitionId, i64)> {
-        let mut sources: Vec<(PartitionId, i64)> = Vec::new();
+    ) -> Vec<SourceRef> {
+        let mut sources: Vec<SourceRef> = Vec::new();
         for id in ids {
             let key = DeletionKey {
                 region: region.clone(),
@@ -420,7 +438,7 @@ impl Ledger {
             };
             for event in self.deletions.waiters(&key) {
                 if let Some(e) = self.events.get(event) {
-                    sources.push((e.partition.clone(), e.offset));
+                    sources.push(e.source());
                 }
             }
         }

@@ -154,12 +154,22 @@ pub enum DeadLetterReason {
     /// The type is missing or not a string, but the event carries ids.
     MissingType,
     /// The type, region or an id key (or a key on the way to one) appears
-    /// twice in one object.
+    /// twice in one object; a header the decoder reads appears twice; a
+    /// field's header and pointer disagree.
     DuplicateKey,
+    /// `event.format = "cloudevents"`: neither a structured-mode
+    /// (`content-type: application/cloudevents…`) nor a binary-mode
+    /// (`ce_specversion` header) CloudEvent.
+    NotCloudevent,
+    /// A CloudEvent the decoder cannot use: a required attribute missing,
+    /// empty or not a string, a specversion other than 1.0, an event format
+    /// or data content type other than JSON, data that is not a JSON object,
+    /// invalid `data_base64`.
+    InvalidCloudevent,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 14] = [
+    pub const ALL: [DeadLetterReason; 16] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::NotUtf8,
@@ -174,6 +184,8 @@ impl DeadLetterReason {
         DeadLetterReason::Unconfirmed,
         DeadLetterReason::MissingType,
         DeadLetterReason::DuplicateKey,
+        DeadLetterReason::NotCloudevent,
+        DeadLetterReason::InvalidCloudevent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +204,8 @@ impl DeadLetterReason {
             DeadLetterReason::Unconfirmed => "unconfirmed",
             DeadLetterReason::MissingType => "missing_type",
             DeadLetterReason::DuplicateKey => "duplicate_key",
+            DeadLetterReason::NotCloudevent => "not_cloudevent",
+            DeadLetterReason::InvalidCloudevent => "invalid_cloudevent",
         }
     }
 }

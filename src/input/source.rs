@@ -21,6 +21,7 @@ use crate::domain::ledger::RawRecord;
 use crate::domain::offsets::PartitionId;
 use crate::domain::revokes::Generation;
 use crate::input::decode::{Decoded, EventDecoder};
+use crate::input::headers;
 use crate::input::lag::LagTracker;
 use crate::input::retention;
 use crate::ops::health::{any_broker_up, Health};
@@ -497,7 +498,8 @@ fn consume(
             &metrics,
         );
         let payload = message.payload();
-        let decoded = decoder.decode(payload);
+        let headers = message.headers().into_iter().flat_map(headers::each);
+        let decoded = decoder.decode_message(payload, headers);
         let offset = message.offset();
         let full = if matches!(decoded, Decoded::Skip) {
             // Key and payload are kept only for events that might be
@@ -524,6 +526,10 @@ fn consume(
                     payload: payload.map(Bytes::copy_from_slice),
                     timestamp_ms: message.timestamp().to_millis(),
                     replay_count: replay_count(&message),
+                    headers: message.headers().map_or_else(Vec::new, |h| {
+                        let copy = |(k, v): (&[u8], Option<&[u8]>)| (k.into(), v.map(Into::into));
+                        headers::each(h).map(copy).collect()
+                    }),
                 },
                 decoded,
             };
@@ -677,12 +683,9 @@ fn await_stop(
 /// The `replay_count` header a `replay-dlq` run put on the record, so a
 /// record that fails again keeps counting towards `--max-replays`.
 fn replay_count(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<u32> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == crate::output::dead_letter::headers::REPLAY_COUNT)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
+    headers::each(message.headers()?)
+        .find(|(key, _)| *key == crate::output::dead_letter::headers::REPLAY_COUNT.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value?).ok())
         .and_then(|v| v.trim().parse().ok())
 }
 

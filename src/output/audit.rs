@@ -12,8 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::event::SourceRef;
 use crate::domain::ids::{IdKind, RegionName};
-use crate::domain::offsets::PartitionId;
 pub use crate::domain::outcome::AuditStatus;
 use crate::output::produce::{KafkaWriter, Unwritable};
 
@@ -64,6 +64,12 @@ pub struct AuditSource {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The CloudEvent the record carried (`event.format = "cloudevents"`):
+    /// its `id` and `source` attributes, as the producer wrote them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevent_source: Option<String>,
 }
 
 /// One audit record, serialized as JSON.
@@ -106,16 +112,32 @@ pub struct AuditInput<'a> {
     pub status: AuditStatus,
     pub message: Option<&'a str>,
     pub attempts: u32,
-    pub sources: Vec<(PartitionId, i64)>,
+    pub sources: Vec<SourceRef>,
 }
 
 /// Bytes of sources per record: with the ids and the rest, a record stays
 /// far below the producer's 1,000,000-byte default, whatever the topic names.
 pub const SOURCES_BUDGET: usize = 256 * 1024;
 
-/// A source's JSON size, near enough: `{"topic":"…","partition":N,"offset":N},`.
-fn source_size(p: &PartitionId) -> usize {
-    p.topic.len() + 64
+/// A source's JSON size, near enough: `{"topic":"…","partition":N,"offset":N},`
+/// and the CloudEvent's id and source, escaped.
+fn source_size(source: &SourceRef) -> usize {
+    let cloud_event = source
+        .cloud_event
+        .as_ref()
+        .map_or(0, |ce| json_len(&ce.id) + json_len(&ce.source) + 48);
+    json_len(&source.partition.topic) + 64 + cloud_event
+}
+
+/// Bytes of `text` as a JSON string's content (escapes included).
+fn json_len(text: &str) -> usize {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
 }
 
 /// The audit record(s) for one finished request: more than one when its
@@ -126,10 +148,10 @@ pub fn build_records(
     disclosure: &IdDisclosure,
     now: SystemTime,
 ) -> Vec<AuditRecord> {
-    let mut chunks: Vec<Vec<(PartitionId, i64)>> = vec![Vec::new()];
+    let mut chunks: Vec<Vec<SourceRef>> = vec![Vec::new()];
     let mut used = 0;
     for source in input.sources {
-        let size = source_size(&source.0);
+        let size = source_size(&source);
         if used + size > SOURCES_BUDGET && !chunks.last().expect("one chunk").is_empty() {
             chunks.push(Vec::new());
             used = 0;
@@ -159,10 +181,12 @@ pub fn build_records(
             completed_at_ms,
             sources: sources
                 .into_iter()
-                .map(|(p, offset)| AuditSource {
-                    topic: p.topic.to_string(),
-                    partition: p.partition,
-                    offset,
+                .map(|s| AuditSource {
+                    topic: s.partition.topic.to_string(),
+                    partition: s.partition.partition,
+                    offset: s.offset,
+                    cloudevent_id: s.cloud_event.as_ref().map(|ce| ce.id.clone()),
+                    cloudevent_source: s.cloud_event.as_ref().map(|ce| ce.source.clone()),
                 })
                 .collect(),
             part: (parts > 1).then_some(i as u32 + 1),
@@ -249,7 +273,17 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::event::CloudEventRef;
+    use crate::domain::offsets::PartitionId;
     use crate::domain::secret::Secret;
+
+    fn source(topic: &str, partition: i32, offset: i64) -> SourceRef {
+        SourceRef {
+            partition: PartitionId::new(topic, partition),
+            offset,
+            cloud_event: None,
+        }
+    }
 
     fn input<'a>(ids: &'a [Arc<str>], region: &'a RegionName) -> AuditInput<'a> {
         AuditInput {
@@ -260,7 +294,7 @@ mod tests {
             status: AuditStatus::Deleted,
             message: None,
             attempts: 2,
-            sources: vec![(PartitionId::new("t", 3), 42)],
+            sources: vec![source("t", 3, 42)],
         }
     }
 
@@ -280,6 +314,55 @@ mod tests {
                 "sources": [{"topic": "t", "partition": 3, "offset": 42}]
             })
         );
+    }
+
+    #[test]
+    fn sources_name_their_cloudevent() {
+        let ids: Vec<Arc<str>> = vec![Arc::from("g1")];
+        let region = RegionName::new("eu1");
+        let mut i = input(&ids, &region);
+        let mut with_ce = source("t", 3, 43);
+        with_ce.cloud_event = Some(Arc::new(CloudEventRef {
+            source: "/accounts".into(),
+            id: "evt-\"7\"".into(),
+        }));
+        i.sources.push(with_ce);
+        // Hashed ids: the CloudEvent's attributes are not ids and stay readable.
+        let hashed = IdDisclosure::SaltedSha256(Secret::new("pepper"));
+        let r = build_record(i, &hashed, SystemTime::now());
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["sources"],
+            serde_json::json!([
+                {"topic": "t", "partition": 3, "offset": 42},
+                {"topic": "t", "partition": 3, "offset": 43,
+                 "cloudevent_id": "evt-\"7\"", "cloudevent_source": "/accounts"}
+            ])
+        );
+    }
+
+    #[test]
+    fn long_cloudevent_attributes_count_towards_the_split() {
+        let ids: Vec<Arc<str>> = vec![Arc::from("g1")];
+        let region = RegionName::new("eu1");
+        let mut i = input(&ids, &region);
+        // Attributes of control characters: six bytes each once escaped.
+        i.sources = (0..400)
+            .map(|o| {
+                let mut s = source("t", 0, o);
+                s.cloud_event = Some(Arc::new(CloudEventRef {
+                    source: "\u{1}".repeat(1024),
+                    id: format!("{o}{}", "\u{2}".repeat(1000)),
+                }));
+                s
+            })
+            .collect();
+        let records = build_records(i, &IdDisclosure::Plain, SystemTime::now());
+        assert!(records.len() > 1);
+        for r in &records {
+            let bytes = serde_json::to_vec(r).unwrap().len();
+            assert!(bytes <= SOURCES_BUDGET + 16 * 1024, "{bytes} bytes");
+        }
     }
 
     #[test]
@@ -346,7 +429,7 @@ mod tests {
         let topic = "t".repeat(200);
         let mut i = input(&ids, &region);
         i.sources = (0..20_000)
-            .map(|o| (PartitionId::new(&topic, (o % 12) as i32), o))
+            .map(|o| source(&topic, (o % 12) as i32, o))
             .collect();
         let records = build_records(i, &IdDisclosure::Plain, SystemTime::now());
         assert!(records.len() > 1);

@@ -1,5 +1,6 @@
-//! Writes unusable events to the dead-letter topic with their original key and
-//! payload and headers saying why; retries until the broker acknowledges. A
+//! Writes unusable events to the dead-letter topic with their original key,
+//! payload and headers, and headers saying why; retries until the broker
+//! acknowledges. A
 //! record the broker refuses as too large (or invalid) is written again as a
 //! truncated copy, with headers giving the original's size and SHA-256, so
 //! the event still finishes and can be found in the source topic.
@@ -29,6 +30,9 @@ pub mod headers {
     pub const ORIGINAL_SIZE: &str = "original_size";
     pub const ORIGINAL_SHA256: &str = "original_sha256";
     pub const ORIGINAL_KEY_SIZE: &str = "original_key_size";
+    /// How many of the original record's headers come first, as they were
+    /// (`replay-dlq` puts them back). Absent when it had none.
+    pub const ORIGINAL_HEADER_COUNT: &str = "original_header_count";
 }
 
 /// Payload bytes kept in a truncated copy: enough to recognise the event,
@@ -76,7 +80,11 @@ impl DeadLetterWriter {
         DeadLetterWriter { writer, topic }
     }
 
-    fn headers(order: &DeadLetterOrder) -> OwnedHeaders {
+    /// The dead-letter headers, after the original record's own headers
+    /// (`with_original`; a truncated copy leaves them out: they may be what
+    /// is too large). An original key that is not UTF-8 cannot be written
+    /// back and is left out.
+    fn headers(order: &DeadLetterOrder, with_original: bool) -> OwnedHeaders {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -85,6 +93,14 @@ impl DeadLetterWriter {
         let partition = order.source.partition.to_string();
         let offset = order.offset.to_string();
         let mut headers = OwnedHeaders::new();
+        let mut original = 0;
+        for (key, value) in order.record.headers.iter().filter(|_| with_original) {
+            if let Ok(key) = std::str::from_utf8(key) {
+                let value = value.as_deref();
+                headers = headers.insert(Header { key, value });
+                original += 1;
+            }
+        }
         for (key, value) in [
             (headers::REASON, order.rejection.reason.as_str()),
             (headers::DETAIL, cut(&order.rejection.detail, MAX_DETAIL)),
@@ -104,6 +120,12 @@ impl DeadLetterWriter {
                 value: Some(n.to_string().as_str()),
             });
         }
+        if original > 0 {
+            headers = headers.insert(Header {
+                key: headers::ORIGINAL_HEADER_COUNT,
+                value: Some(original.to_string().as_str()),
+            });
+        }
         headers
     }
 
@@ -115,7 +137,7 @@ impl DeadLetterWriter {
         order: &DeadLetterOrder,
         cancel: &CancellationToken,
     ) -> Option<DeadLettered> {
-        let headers = Self::headers(order);
+        let headers = Self::headers(order, true);
         let payload = order.record.payload.as_deref();
         let key = order.record.key.as_deref();
         match self
@@ -133,7 +155,7 @@ impl DeadLetterWriter {
         let size = original.len().to_string();
         let digest = sha256_hex(original);
         let key_size = key.map_or(0, <[u8]>::len).to_string();
-        let mut truncated = headers;
+        let mut truncated = Self::headers(order, false);
         for (k, v) in [
             (headers::TRUNCATED, "true"),
             (headers::ORIGINAL_SIZE, size.as_str()),
@@ -187,6 +209,58 @@ impl DeadLetterWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_original_headers_come_first_and_are_counted() {
+        use crate::domain::event::Rejection;
+        use crate::domain::ledger::RawRecord;
+        use crate::domain::offsets::PartitionId;
+        use crate::domain::outcome::DeadLetterReason;
+        let header = |k: &[u8], v: &[u8]| (k.into(), Some(v.into()));
+        let mut order = DeadLetterOrder {
+            event: 0,
+            source: PartitionId::new("t", 2),
+            offset: 9,
+            record: RawRecord {
+                headers: vec![
+                    header(b"ce_id", b"e-1"),
+                    header(b"bad\xff", b"left out"),
+                    header(b"reason", b"the producer's own"),
+                ],
+                ..RawRecord::default()
+            },
+            rejection: Rejection {
+                reason: DeadLetterReason::NoId,
+                detail: "no id".into(),
+            },
+        };
+        // Every key written is UTF-8: rdkafka's own reader will do.
+        let read = |h: &OwnedHeaders| -> Vec<(String, String)> {
+            use rdkafka::message::Headers;
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_string(), value.into_owned())
+                })
+                .collect()
+        };
+        let whole = read(&DeadLetterWriter::headers(&order, true));
+        assert_eq!(whole[0], ("ce_id".into(), "e-1".into()));
+        assert_eq!(whole[1], ("reason".into(), "the producer's own".into()));
+        assert_eq!(whole[2], ("reason".into(), "no_id".into()));
+        assert_eq!(
+            whole.last().unwrap(),
+            &("original_header_count".into(), "2".into())
+        );
+        // The last `reason` is ours (Kafka's lastHeader, replay-dlq).
+        let truncated = read(&DeadLetterWriter::headers(&order, false));
+        assert_eq!(truncated[0], ("reason".into(), "no_id".into()));
+        assert!(!truncated.iter().any(|(k, _)| k == "original_header_count"));
+        order.record.headers.clear();
+        let none = read(&DeadLetterWriter::headers(&order, true));
+        assert_eq!(none[0], ("reason".into(), "no_id".into()));
+        assert!(!none.iter().any(|(k, _)| k == "original_header_count"));
+    }
 
     #[test]
     fn cut_respects_char_boundaries() {

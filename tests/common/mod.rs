@@ -72,7 +72,8 @@ impl Kafka {
             .expect("producer")
     }
 
-    /// Produces events; `partition_of` picks each one's partition.
+    /// Produces events, with their headers (CloudEvents); `partition_of`
+    /// picks each one's partition.
     pub async fn produce(
         &self,
         topic: &str,
@@ -84,10 +85,13 @@ impl Kafka {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let record = FutureRecord::to(topic)
+                let mut record = FutureRecord::to(topic)
                     .key(e.key.as_bytes())
                     .payload(&e.payload[..])
                     .partition(partition_of(i));
+                if let Some(headers) = e.kafka_headers() {
+                    record = record.headers(headers);
+                }
                 producer.send(record, Duration::from_secs(10))
             })
             .collect();
@@ -428,6 +432,7 @@ pub fn simple_events(n: usize, region_of: impl Fn(usize) -> &'static str) -> Vec
             let region = region_of(i);
             SynthEvent {
                 key: format!("k{i}"),
+                headers: Vec::new(),
                 payload: format!(
                     r#"{{"type":"user-deleted","region":"{region}","identity":"u{i}"}}"#
                 )

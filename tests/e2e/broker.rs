@@ -612,10 +612,14 @@ pub async fn produce(
             .enumerate()
             .map(|(i, e)| {
                 let n = first + chunk_no * CHUNK + i;
-                let record = FutureRecord::to(topic)
+                let mut record = FutureRecord::to(topic)
                     .key(e.key.as_bytes())
                     .payload(&e.payload[..])
                     .partition((n % partitions as usize) as i32);
+                // CloudEvents in binary mode: the attributes are headers.
+                if let Some(headers) = e.kafka_headers() {
+                    record = record.headers(headers);
+                }
                 producer.send(record, Duration::from_secs(60))
             })
             .collect();

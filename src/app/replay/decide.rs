@@ -72,6 +72,36 @@ pub struct DeadLetterHeaders {
     pub replay_count: Result<u32, String>,
 }
 
+/// A source record's own headers, replayed with it: (key, value; `None` a
+/// null value).
+pub type OriginalHeaders = Vec<(String, Option<Vec<u8>>)>;
+
+/// The source record's own headers at the start of a dead letter (their
+/// number is its `original_header_count` header), without the replay's own
+/// headers (each replay sets them anew). A key that is not UTF-8 cannot be
+/// written back through rdkafka and is left out.
+pub fn original_headers(all: &[(&[u8], Option<&[u8]>)]) -> OriginalHeaders {
+    let count = all
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == dlq::ORIGINAL_HEADER_COUNT.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8((*v)?).ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let ours = [
+        headers::REPLAY_COUNT,
+        headers::REPLAYED_FROM,
+        headers::REPLAYED_REASON,
+    ];
+    all.get(..count)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = std::str::from_utf8(k).ok()?;
+            (!ours.contains(&key)).then(|| (key.to_string(), v.map(<[u8]>::to_vec)))
+        })
+        .collect()
+}
+
 /// Reads the headers the replay needs. When a header repeats, the last one
 /// wins (as Kafka's `lastHeader`); empty values count as absent.
 pub fn parse_headers<'a>(

@@ -6,14 +6,17 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, ProducerContext};
 use rdkafka::{ClientContext, Message};
 
 use crate::config::Config;
+use crate::input::headers as record_headers;
 use crate::ops::log_throttle::KafkaLinkLog;
 
-use super::decide::{parse_headers, DeadLetterHeaders, Decision};
+use super::decide::{
+    original_headers, parse_headers, DeadLetterHeaders, Decision, OriginalHeaders,
+};
 
 /// Tallies records without a `reason` header.
 pub(super) const NO_REASON: &str = "(none)";
@@ -120,20 +123,29 @@ pub(super) struct DlqRecord {
     pub(super) key: Option<Vec<u8>>,
     pub(super) payload: Option<Vec<u8>>,
     pub(super) headers: DeadLetterHeaders,
+    /// The source record's own headers, replayed with it.
+    pub(super) original_headers: OriginalHeaders,
 }
 
 impl DlqRecord {
     pub(super) fn from_message(m: &BorrowedMessage<'_>) -> Self {
-        let headers = match m.headers() {
-            Some(h) => parse_headers(h.iter().map(|h| (h.key, h.value))),
-            None => parse_headers([]),
-        };
+        // Read as bytes: rdkafka's own accessor panics on a key that is not
+        // UTF-8, and a source record's headers are the producer's.
+        let all: Vec<(&[u8], Option<&[u8]>)> = m
+            .headers()
+            .map(|h| record_headers::each(h).collect())
+            .unwrap_or_default();
+        let headers = parse_headers(
+            all.iter()
+                .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, *v))),
+        );
         DlqRecord {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
+            original_headers: original_headers(&all),
         }
     }
 

@@ -1,3 +1,4 @@
+use super::decide::original_headers;
 use super::*;
 
 fn h(pairs: &[(&'static str, &'static str)]) -> DeadLetterHeaders {
@@ -194,6 +195,7 @@ fn dry_run_listing_shows_the_record() {
             ("detail", "no \"id\""),
             ("replay_count", "1"),
         ]),
+        original_headers: Vec::new(),
     };
     let line = record
         .listing(
@@ -209,4 +211,27 @@ fn dry_run_listing_shows_the_record() {
         "t.dlq/1/7: would replay to t; reason=no_id replay_count=1 key=\"k\u{fffd}\" detail=\"no \\\"id\\\"\""
     );
     assert!(record.listing("t.dlq", &Decision::Skip).is_none());
+}
+
+#[test]
+fn the_original_headers_are_the_counted_first_ones_without_the_replays_own() {
+    let all: Vec<(&[u8], Option<&[u8]>)> = vec![
+        (b"ce_id", Some(b"e-1")),
+        (b"replay_count", Some(b"1")),
+        (b"bad\xff", Some(b"v")),
+        (b"ce_null", None),
+        (b"reason", Some(b"no_id")),
+        (b"original_header_count", Some(b"4")),
+    ];
+    assert_eq!(
+        original_headers(&all),
+        vec![
+            ("ce_id".to_string(), Some(b"e-1".to_vec())),
+            ("ce_null".to_string(), None)
+        ]
+    );
+    // No count (a dead letter of a record without headers), or a count
+    // beyond the headers there are: none.
+    assert!(original_headers(&all[..5]).is_empty());
+    assert!(original_headers(&[(b"original_header_count", Some(b"9"))]).is_empty());
 }

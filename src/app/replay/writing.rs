@@ -162,7 +162,12 @@ fn send(
 ) -> Result<(), String> {
     let count = replay_count.to_string();
     let from = format!("{dlq_topic}/{}/{}", record.partition, record.offset);
-    let mut headers = OwnedHeaders::new_with_capacity(3)
+    let mut headers = OwnedHeaders::new_with_capacity(record.original_headers.len() + 3);
+    for (key, value) in &record.original_headers {
+        let value = value.as_deref();
+        headers = headers.insert(Header { key, value });
+    }
+    headers = headers
         .insert(Header {
             key: headers::REPLAY_COUNT,
             value: Some(count.as_str()),

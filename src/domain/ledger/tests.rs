@@ -24,6 +24,7 @@ fn delete(region: &str, ids: &[(IdKind, &str)]) -> Decoded {
     Decoded::Delete(DeletionRequest {
         region: RegionName::new(region),
         ids: ids.iter().map(|(k, i)| (*k, Arc::from(*i))).collect(),
+        cloud_event: None,
     })
 }
 
@@ -120,7 +121,7 @@ fn sources_of_lists_each_waiting_event_once() {
     let b = l.take_all_batches().pop().unwrap();
     assert_eq!(
         l.sources_of(b.region(), b.kind(), b.ids()),
-        vec![(p.clone(), 4), (p.clone(), 9)]
+        vec![source(&p, 4, None), source(&p, 9, None)]
     );
     l.deleted(&b, now);
     assert!(l.sources_of(b.region(), b.kind(), b.ids()).is_empty());
@@ -177,6 +178,7 @@ fn rejected_id_dead_letters_every_waiting_event_after_its_other_ids() {
         payload: Some(Bytes::from_static(b"{}")),
         timestamp_ms: None,
         replay_count: None,
+        headers: Vec::new(),
     };
     l.admit(&p, 0, rec, delete("eu1", &[(G, "bad"), (I, "ok")]), now);
     l.admit(
@@ -261,4 +263,46 @@ fn revoke_returns_watermarks_and_drops_late_acks() {
     let pr = l.deleted(&batch, now);
     assert_eq!(pr.finished, vec![Finish::Deleted], "only q's event remains");
     assert_eq!(l.all_watermarks(), vec![(q, 8)]);
+}
+
+fn source(p: &PartitionId, offset: i64, cloud_event: Option<Arc<CloudEventRef>>) -> SourceRef {
+    SourceRef {
+        partition: p.clone(),
+        offset,
+        cloud_event,
+    }
+}
+
+#[test]
+fn audit_sources_name_the_cloudevent_of_each_event() {
+    let p = PartitionId::new("t", 0);
+    let mut l = Ledger::new(LedgerSettings {
+        capacity: BatchCapacity::new(10).unwrap(),
+        linger: Duration::from_millis(100),
+        recent_capacity: 1000,
+        recent_ttl: Duration::from_secs(60),
+        audit: true,
+    });
+    let now = Instant::now();
+    let ce = Arc::new(CloudEventRef {
+        source: "/accounts".into(),
+        id: "e-1".into(),
+    });
+    let Decoded::Delete(mut request) = delete("eu1", &[(G, "x")]) else {
+        unreachable!()
+    };
+    request.cloud_event = Some(ce.clone());
+    let record = RawRecord::default();
+    l.admit(&p, 0, record.clone(), Decoded::Delete(request.clone()), now);
+    l.admit(&p, 1, record.clone(), delete("eu1", &[(G, "x")]), now);
+    let batch = l.take_all_batches().pop().unwrap();
+    let pr = l.deleted(&batch, now);
+    assert_eq!(
+        pr.audits[0].sources,
+        vec![source(&p, 0, Some(ce.clone())), source(&p, 1, None)]
+    );
+    // A repeat of a deletion confirmed moments before: its already_deleted
+    // record names the CloudEvent too.
+    let pr = l.admit(&p, 2, record, Decoded::Delete(request), now);
+    assert_eq!(pr.audits[0].sources, vec![source(&p, 2, Some(ce))]);
 }

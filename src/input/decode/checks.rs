@@ -1,12 +1,18 @@
 //! The checks both decoding paths share once the fields are found: the event
-//! type, duplicate keys, ids (count, length, emptiness) and the region; and
-//! the nesting limit checked before either path runs.
+//! type, duplicate keys, a header's value against its pointer's, ids (count,
+//! length, emptiness) and the region; and the checks before either path
+//! runs (UTF-8, the nesting limit).
 
 use std::sync::Arc;
 
+use crate::config::EventFormat;
+use crate::domain::event::CloudEventRef;
 use crate::domain::ids::{IdKind, RegionName};
 use crate::input::decode::field::{Field, Item, Which};
-use crate::input::decode::{DeadLetterReason, Decoded, DeletionRequest, EventDecoder, Rejection};
+use crate::input::decode::given::{slot, Given};
+use crate::input::decode::{
+    DeadLetterReason, Decoded, DeletionRequest, EventDecoder, Fields, Rejection,
+};
 
 pub(super) fn reject(reason: DeadLetterReason, detail: impl Into<String>) -> Decoded {
     Decoded::DeadLetter(Rejection {
@@ -16,20 +22,20 @@ pub(super) fn reject(reason: DeadLetterReason, detail: impl Into<String>) -> Dec
 }
 
 impl EventDecoder {
-    /// The verdict, given the fields whose key (or a key on the way to it)
-    /// appears twice in one object (bits of [`Which::bit`]) and a way to look
-    /// up each configured field.
-    pub(super) fn decide<'a>(
-        &self,
-        repeated: u8,
-        mut field: impl FnMut(Which) -> Option<Field<'a>>,
-    ) -> Decoded {
-        let is_repeated = |which: Which| repeated & which.bit() != 0;
-        if !self.settings.type_pointer.is_empty() {
+    /// The verdict on a plain JSON event: the type filter (if a type is
+    /// read), then ids and region.
+    pub(super) fn decide(&self, fields: &Fields<'_>, given: &Given<'_>) -> Decoded {
+        let in_json = fields.repeated();
+        let is_repeated = |which: Which| (in_json | given.repeated) & which.bit() != 0;
+        if !self.settings.type_pointer.is_empty() || self.settings.type_header.is_some() {
             if is_repeated(Which::Type) {
-                return self.repeated_key(Which::Type);
+                return self.repeated_key(Which::Type, in_json);
             }
-            match field(Which::Type) {
+            let ty = match self.merged(Which::Type, given, self.lookup(fields, Which::Type)) {
+                Ok(ty) => ty,
+                Err(rejection) => return Decoded::DeadLetter(rejection),
+            };
+            match ty {
                 Some(Field::Str(t)) => {
                     if !self.accept_types.contains(t.as_ref()) {
                         return Decoded::Skip;
@@ -40,7 +46,8 @@ impl EventDecoder {
                 untyped => {
                     let carries_ids = [Which::Identity, Which::Guid].into_iter().any(|which| {
                         is_repeated(which)
-                            || match field(which) {
+                            || given.values[which as usize].is_some()
+                            || match self.lookup(fields, which) {
                                 None | Some(Field::Null) => false,
                                 Some(Field::Array(items)) => !items.is_empty(),
                                 Some(_) => true,
@@ -49,22 +56,33 @@ impl EventDecoder {
                     if !carries_ids {
                         return Decoded::Skip;
                     }
-                    let pointer = &self.settings.type_pointer;
+                    let place = self.place(Which::Type);
                     return reject(
                         DeadLetterReason::MissingType,
                         match untyped {
-                            None => format!("no type at `{pointer}`, but the event carries ids"),
+                            None => format!("no type at {place}, but the event carries ids"),
                             Some(t) => {
-                                format!("type at `{pointer}` is {}, not a string", t.type_name())
+                                format!("type at {place} is {}, not a string", t.type_name())
                             }
                         },
                     );
                 }
             }
         }
+        self.decide_ids(fields, given, None)
+    }
+
+    /// The verdict once the type is accepted: repeated keys, ids, region.
+    pub(super) fn decide_ids(
+        &self,
+        fields: &Fields<'_>,
+        given: &Given<'_>,
+        cloud_event: Option<Arc<CloudEventRef>>,
+    ) -> Decoded {
+        let in_json = fields.repeated();
         for which in [Which::Identity, Which::Guid, Which::Region] {
-            if is_repeated(which) {
-                return self.repeated_key(which);
+            if (in_json | given.repeated) & which.bit() != 0 {
+                return self.repeated_key(which, in_json);
             }
         }
 
@@ -73,25 +91,65 @@ impl EventDecoder {
             (IdKind::Identity, Which::Identity),
             (IdKind::Guid, Which::Guid),
         ] {
-            if let Err(rejection) = self.collect_ids(field(which), kind, &mut ids) {
+            let found = self
+                .merged(which, given, self.lookup(fields, which))
+                .and_then(|field| self.collect_ids(field, kind, &mut ids));
+            if let Err(rejection) = found {
                 return Decoded::DeadLetter(rejection);
             }
         }
         if ids.is_empty() {
+            let places: Vec<String> = [Which::Identity, Which::Guid]
+                .into_iter()
+                .map(|which| self.place(which))
+                .filter(|p| !p.is_empty())
+                .collect();
             return reject(
                 DeadLetterReason::NoId,
-                format!(
-                    "no id at `{}` or `{}`",
-                    self.settings.identity_pointer, self.settings.guid_pointer
-                ),
+                format!("no id at {}", places.join(" or ")),
             );
         }
 
-        let region = match self.region_of(field(Which::Region)) {
+        let region = match self
+            .merged(Which::Region, given, self.lookup(fields, Which::Region))
+            .and_then(|field| self.region_of(field))
+        {
             Ok(r) => r,
             Err(rejection) => return Decoded::DeadLetter(rejection),
         };
-        Decoded::Delete(DeletionRequest { region, ids })
+        Decoded::Delete(DeletionRequest {
+            region,
+            ids,
+            cloud_event,
+        })
+    }
+
+    /// One value for a field that a header (or attribute) gives, its pointer
+    /// finds, or both: `duplicate_key` when both are there and differ.
+    fn merged<'a>(
+        &self,
+        which: Which,
+        given: &Given<'a>,
+        found: Option<Field<'a>>,
+    ) -> Result<Option<Field<'a>>, Rejection> {
+        let Some(by_header) = &given.values[which as usize] else {
+            return Ok(found);
+        };
+        match found {
+            None | Some(Field::Null) => Ok(Some(by_header.clone())),
+            Some(at_pointer) if same_value(which, by_header, &at_pointer) => {
+                Ok(Some(by_header.clone()))
+            }
+            Some(_) => Err(Rejection {
+                reason: DeadLetterReason::DuplicateKey,
+                detail: format!(
+                    "the {} is given twice, differently: by {} and at {}",
+                    which.name(),
+                    self.header_place(which),
+                    self.pointer_place(which)
+                ),
+            }),
+        }
     }
 
     pub(super) fn pointer(&self, which: Which) -> &str {
@@ -103,14 +161,46 @@ impl EventDecoder {
         }
     }
 
-    fn repeated_key(&self, which: Which) -> Decoded {
-        reject(
-            DeadLetterReason::DuplicateKey,
+    /// "`/region`", or with CloudEvents "`/region` in data"; "" when unset.
+    fn pointer_place(&self, which: Which) -> String {
+        match self.pointer(which) {
+            "" => String::new(),
+            p if self.settings.format == EventFormat::CloudEvents => format!("`{p}` in data"),
+            p => format!("`{p}`"),
+        }
+    }
+
+    /// "header `tenant-region`", "attribute `region` (header `ce_region`)"; "" when unset.
+    fn header_place(&self, which: Which) -> String {
+        let i = which as usize;
+        match (&self.headers[slot::FIELDS + i], &self.attributes[i]) {
+            (Some(h), Some(a)) => format!("attribute `{a}` (header `{h}`)"),
+            (Some(h), None) => format!("header `{h}`"),
+            (None, _) => String::new(),
+        }
+    }
+
+    /// Where a field is read, for details.
+    fn place(&self, which: Which) -> String {
+        let places = [self.header_place(which), self.pointer_place(which)];
+        let set: Vec<&str> = places
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+            .collect();
+        set.join(" or ")
+    }
+
+    fn repeated_key(&self, which: Which, in_json: u8) -> Decoded {
+        let detail = if in_json & which.bit() != 0 {
             format!(
                 "`{}` is ambiguous: its key, or one on the way to it, appears twice in one object",
                 self.pointer(which)
-            ),
-        )
+            )
+        } else {
+            format!("{} appears twice", self.header_place(which))
+        };
+        reject(DeadLetterReason::DuplicateKey, detail)
     }
 
     fn collect_ids(
@@ -198,12 +288,61 @@ impl EventDecoder {
                 }),
             None => self.default_region.clone().ok_or_else(|| Rejection {
                 reason: DeadLetterReason::NoRegion,
-                detail: format!(
-                    "no region at `{}` and no event.default_region",
-                    self.settings.region_pointer
-                ),
+                detail: match self.place(Which::Region) {
+                    place if place.is_empty() => "no region and no event.default_region".into(),
+                    place => format!("no region at {place} and no event.default_region"),
+                },
             }),
         }
+    }
+}
+
+/// UTF-8 and not nested too deep; `within` starts the details.
+pub(super) fn readable(json: &[u8], within: &str) -> Result<(), Decoded> {
+    if let Err(e) = std::str::from_utf8(json) {
+        return Err(reject(
+            DeadLetterReason::NotUtf8,
+            format!("{within}invalid UTF-8 at byte {}", e.valid_up_to()),
+        ));
+    }
+    if nested_deeper_than(json, MAX_NESTING) {
+        return Err(reject(
+            DeadLetterReason::NotJson,
+            format!("{within}nesting deeper than {MAX_NESTING} levels"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn not_json(e: serde_json::Error, within: &str) -> Decoded {
+    reject(
+        DeadLetterReason::NotJson,
+        format!(
+            "{within}line {} column {}: {:?}",
+            e.line(),
+            e.column(),
+            e.classify()
+        ),
+    )
+}
+
+/// Whether a header (or pointer) value and the value at the pointer (or
+/// header) are the same: equal strings (a region ignoring case and spaces
+/// around it, as regions are matched), or for ids an array of that one string.
+fn same_value(which: Which, given: &Field<'_>, found: &Field<'_>) -> bool {
+    let Field::Str(given) = given else {
+        return false;
+    };
+    match (which, found) {
+        (Which::Region, Field::Str(f)) => given.trim().eq_ignore_ascii_case(f.trim()),
+        (_, Field::Str(f)) => given == f,
+        (Which::Identity | Which::Guid, Field::Array(items)) => {
+            !items.is_empty()
+                && items
+                    .iter()
+                    .all(|item| matches!(item, Item::Str(s) if s == given))
+        }
+        _ => false,
     }
 }
 

@@ -18,15 +18,26 @@ pub(super) enum Which {
 }
 
 impl Which {
+    pub(super) const ALL: [Which; 4] = [Which::Type, Which::Identity, Which::Guid, Which::Region];
+
     /// The field's bit in a set of fields (`u8`).
     pub(super) fn bit(self) -> u8 {
         1 << self as u8
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Which::Type => "type",
+            Which::Identity => "identity",
+            Which::Guid => "guid",
+            Which::Region => "region",
+        }
     }
 }
 
 /// A field's value, as much as the decoder needs of it; strings borrow from
 /// the payload where JSON needs no unescaping.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Field<'a> {
     Null,
     Str(Cow<'a, str>),
@@ -35,7 +46,7 @@ pub(super) enum Field<'a> {
     Other(&'static str),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Item<'a> {
     Str(Cow<'a, str>),
     Other(&'static str),

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::config::EventSettings;
-use crate::input::decode::field::{Field, Item, Which};
+use crate::input::decode::field::{Field, Which};
 
 /// Top-level key names when every configured pointer is one segment (`/name`):
 /// the decoder then reads just those keys, without building a JSON tree.
@@ -48,28 +48,18 @@ impl FlatKeys {
 pub(super) struct FlatFields<'a> {
     pub(super) values: [Option<Field<'a>>; 4],
     pub(super) repeated: u8,
+    /// The JSON value read is an object (else no field is present).
+    pub(super) object: bool,
 }
 
 impl<'a> FlatFields<'a> {
     pub(super) fn take(&self, which: Which) -> Option<Field<'a>> {
         // Fields are read once each; cloning keeps `decide`'s lookups simple.
-        self.values[which as usize].as_ref().map(|f| match f {
-            Field::Null => Field::Null,
-            Field::Str(s) => Field::Str(s.clone()),
-            Field::Array(items) => Field::Array(
-                items
-                    .iter()
-                    .map(|i| match i {
-                        Item::Str(s) => Item::Str(s.clone()),
-                        Item::Other(t) => Item::Other(t),
-                    })
-                    .collect(),
-            ),
-            Field::Other(t) => Field::Other(t),
-        })
+        self.values[which as usize].clone()
     }
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct FlatEvent<'k>(pub(super) &'k FlatKeys);
 
 impl<'de> DeserializeSeed<'de> for FlatEvent<'_> {
@@ -103,7 +93,11 @@ impl<'de> Visitor<'de> for FlatEvent<'_> {
                 }
             }
         }
-        Ok(FlatFields { values, repeated })
+        Ok(FlatFields {
+            values,
+            repeated,
+            object: true,
+        })
     }
 
     // Not an object: no field is present (as `Value::pointer` would find).
@@ -136,6 +130,7 @@ impl FlatFields<'_> {
         FlatFields {
             values: [None, None, None, None],
             repeated: 0,
+            object: false,
         }
     }
 }

@@ -40,16 +40,7 @@ fn decodes_both_kinds_strings_and_arrays() {
     let Decoded::Delete(req) = got else {
         panic!("{got:?}")
     };
-    assert_eq!(req.region, RegionName::new("in1"));
-    let ids: Vec<(IdKind, &str)> = req.ids.iter().map(|(k, i)| (*k, &**i)).collect();
-    assert_eq!(
-        ids,
-        vec![
-            (IdKind::Identity, "u1"),
-            (IdKind::Identity, "u2"),
-            (IdKind::Guid, "g1")
-        ]
-    );
+    assert_asks_in1_for_u1_u2_g1(&req);
 }
 
 #[test]
@@ -75,14 +66,28 @@ fn other_types_are_skipped() {
 }
 
 /// A decoder and the same decoder forced onto the JSON-tree path.
-fn both_paths(d: EventDecoder) -> [EventDecoder; 2] {
+pub(super) fn both_paths(d: EventDecoder) -> [EventDecoder; 2] {
     assert!(d.flat.is_some(), "top-level pointers take the fast path");
     let mut tree = d.clone();
     tree.flat = None;
     [d, tree]
 }
 
-fn with_settings(settings: EventSettings) -> EventDecoder {
+/// The example event's deletion: identities u1 and u2 and guid g1 in in1.
+pub(super) fn assert_asks_in1_for_u1_u2_g1(req: &DeletionRequest) {
+    assert_eq!(req.region, RegionName::new("in1"));
+    let ids: Vec<(IdKind, &str)> = req.ids.iter().map(|(k, i)| (*k, &**i)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            (IdKind::Identity, "u1"),
+            (IdKind::Identity, "u2"),
+            (IdKind::Guid, "g1")
+        ]
+    );
+}
+
+pub(super) fn with_settings(settings: EventSettings) -> EventDecoder {
     let regions: Vec<RegionAccount> = ["eu1", "in1"]
         .iter()
         .map(|n| RegionAccount {
@@ -472,4 +477,75 @@ fn details_never_carry_ids() {
     } else {
         panic!("id above 16 bytes must be refused");
     }
+}
+
+// ------------------------------------------------------------ CloudEvents
+// Helpers for the CloudEvents and header tests (`cloudevents/tests.rs`,
+// `given/tests.rs`).
+
+pub(super) fn cloudevents(change: impl FnOnce(&mut EventSettings)) -> EventDecoder {
+    let mut settings = EventSettings {
+        format: EventFormat::CloudEvents,
+        default_region: Some("eu1".into()),
+        max_ids_per_event: 5,
+        max_id_bytes: 16,
+        max_message_bytes: 4096,
+        ..EventSettings::default()
+    };
+    change(&mut settings);
+    with_settings(settings)
+}
+
+pub(super) fn decode_with(d: &EventDecoder, payload: &str, headers: &[(&str, &str)]) -> Decoded {
+    d.decode_message(
+        Some(payload.as_bytes()),
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+    )
+}
+
+/// "delete", "skip" or the dead-letter reason.
+pub(super) fn verdict_with(d: &EventDecoder, payload: &str, headers: &[(&str, &str)]) -> String {
+    match decode_with(d, payload, headers) {
+        Decoded::Delete(_) => "delete".into(),
+        Decoded::Skip => "skip".into(),
+        Decoded::DeadLetter(r) => r.reason.as_str().into(),
+    }
+}
+
+pub(super) const BINARY: [(&str, &str); 5] = [
+    ("ce_specversion", "1.0"),
+    ("ce_type", "user-deleted"),
+    ("ce_source", "/accounts"),
+    ("ce_id", "e-1"),
+    ("content-type", "application/json"),
+];
+
+pub(super) const STRUCTURED: [(&str, &str); 1] = [(
+    "content-type",
+    "application/cloudevents+json; charset=UTF-8",
+)];
+
+/// A structured-mode envelope around `data` (JSON text).
+pub(super) fn envelope(data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","type":"user-deleted","source":"/accounts","id":"e-1","time":"2026-01-01T00:00:00Z","data":{data}}}"#
+    )
+}
+
+/// `BINARY` with `name` set to `value` (`None`: left out).
+pub(super) fn binary_with(
+    name: &str,
+    value: Option<&'static str>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut headers: Vec<_> = BINARY.iter().copied().filter(|(k, _)| *k != name).collect();
+    if let Some(value) = value {
+        let name = BINARY
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("x", |(k, _)| *k);
+        headers.push((name, value));
+    }
+    headers
 }

@@ -61,6 +61,7 @@ fn parse_index(s: &str) -> Option<usize> {
 /// repeated keys wins) while following the configured pointers: in every
 /// object on the way to a field it notes keys seen twice, by scanning the
 /// few pointer segments at that depth (no set of keys is built).
+#[derive(Clone, Copy)]
 pub(super) struct PathTracker<'p> {
     paths: &'p PointerPaths,
     /// Segments matched so far.
