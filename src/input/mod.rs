@@ -2,5 +2,6 @@
 
 pub mod decode;
 pub mod lag;
+pub mod partition_count;
 pub mod retention;
 pub mod source;
