@@ -10,11 +10,10 @@ use crate::domain::ids::RegionName;
 use crate::domain::outcome::SecretKind;
 use crate::domain::secret::Secret;
 
-use super::audit::IdDisclosure;
+use super::audit::{check_salt, IdDisclosure};
 use super::error::ConfigError;
 use super::regions::check_passcode;
 use super::secret_files::read_secret_file;
-use super::validation::check_salt;
 use super::Config;
 
 /// How secret files are watched for changes.

@@ -1,9 +1,7 @@
 //! Checks across sections: the audit topic against the other topics, and the
 //! warnings on the rebalance drain and on dead-letter sizes.
 
-use crate::domain::secret::Secret;
-
-use super::audit::IdDisclosure;
+use super::audit::{check_salt, IdDisclosure};
 use super::error::ConfigError;
 use super::secret_files::read_secret;
 use super::settings::Settings;
@@ -37,17 +35,6 @@ pub(super) fn resolve_audit(
     )?;
     check_salt(&salt)?;
     Ok(Some((topic, IdDisclosure::SaltedSha256(salt))))
-}
-
-/// A salt must be long enough that the hashes cannot be recomputed.
-pub(super) fn check_salt(salt: &Secret) -> Result<(), ConfigError> {
-    if salt.expose().len() < 16 {
-        return Err(ConfigError::new(
-            "audit.salt",
-            "must be at least 16 characters: a short salt lets anyone recompute the hashes",
-        ));
-    }
-    Ok(())
 }
 
 /// Bytes a dead letter carries besides the payload (key and headers), at most,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::pipeline::shares::{Settling, SETTLE_POLL};
 use crate::app::pipeline::PipelineError;
 use crate::clevertap::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::batch::API_MAX_IDS;
@@ -69,6 +68,17 @@ pub(super) struct Coordinator {
     /// share): so the replicas' requests never add up above the budget.
     pub(super) settling: Vec<Settling>,
 }
+
+/// A revoke's answer held back until the requests in flight fit the shares
+/// (see `shares`).
+pub(super) struct Settling {
+    pub(super) reply: std::sync::mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    pub(super) marks: Vec<(PartitionId, i64)>,
+    pub(super) deadline: Instant,
+}
+
+/// How often a waiting revoke looks at the requests in flight again.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// The audit topic acknowledged every record of one request.
 pub(super) struct AuditAck {

@@ -6,19 +6,9 @@
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use crate::app::pipeline::coordinator::Coordinator;
+use crate::app::pipeline::coordinator::{Coordinator, Settling};
 use crate::domain::offsets::PartitionId;
 use crate::ops::secret_reload::SecretUpdate;
-
-/// A revoke's answer held back until the requests in flight fit the shares.
-pub(super) struct Settling {
-    reply: SyncSender<Vec<(PartitionId, i64)>>,
-    marks: Vec<(PartitionId, i64)>,
-    deadline: Instant,
-}
-
-/// How often a waiting revoke looks at the requests in flight again.
-pub(super) const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// How long a drained revoke may wait for the requests in flight to fit a
 /// lowered share (the consumer waits 5 s beyond the drain timeout).
