@@ -491,3 +491,84 @@ fn e2e_fleet_2_secrets_rotated_in_place_without_a_restart() {
          ({took:.1?} after the reload); {outcome}"
     );
 }
+
+// ---------------------------------------------------------------- 3. rebalances
+
+/// The shares are recomputed on every rebalance under load: one replica at
+/// the whole budget, two more join (12 -> 4 + 4 + 4), one leaves with
+/// SIGTERM (-> 6 + 6). A replica lowers its share before it gives
+/// partitions up, so the fake never sees more than the budget at once.
+#[test]
+fn e2e_fleet_3_the_budget_holds_while_replicas_join_and_leave() {
+    let _serial = serial();
+    let Some(broker) = broker::shared() else {
+        return;
+    };
+    let world = World::new(broker, "scaling", PARTITIONS);
+    // Slower answers than in test 1, so the run outlasts two rebalances.
+    let api = Api::start(Duration::from_millis(500), Faults::default());
+    let extra = "[api]\nmax_concurrency = 15\n";
+    let (produced, _) = world.produce_events(eu1_events("s", 40_000), 0);
+    let expected = Expected::new(&produced);
+    let eu1 = account_id("eu1");
+    let started = Instant::now();
+    let mut first = world.daemon("scaling-0", &api, extra);
+    wait_until(
+        "one replica sends at its whole share",
+        Duration::from_secs(30),
+        &mut [&mut first],
+        || api.fake.max_concurrent(&eu1) >= BUDGET,
+    );
+    let mut second = world.daemon("scaling-1", &api, extra);
+    let mut third = world.daemon("scaling-2", &api, extra);
+    let ports = [first.port, second.port, third.port];
+    let settled = |ports: &[u16], partitions: f64, share: f64| {
+        ports.iter().all(|&p| {
+            let text = scrape_port(p);
+            metric(&text, "clevertap_deleter_partitions_assigned") == partitions
+                && eu1_share(&text) == share
+        })
+    };
+    let joined = wait_until(
+        "three replicas with a share of 4 each",
+        Duration::from_secs(60),
+        &mut [&mut first, &mut second, &mut third],
+        || settled(&ports, 4.0, 4.0),
+    );
+    let deleted_at_join = api.deleted_total();
+    let status = third.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    let left = wait_until(
+        "two replicas with a share of 6 each",
+        Duration::from_secs(60),
+        &mut [&mut first, &mut second],
+        || settled(&ports[..2], 6.0, 6.0),
+    );
+    let deleted_at_leave = api.deleted_total();
+    let reader = world.broker.offsets_reader(&world.group);
+    wait_fully_committed(
+        &reader,
+        &expected,
+        Duration::from_secs(120),
+        &mut [&mut first, &mut second],
+    );
+    let took = started.elapsed();
+    for d in [&mut first, &mut second] {
+        let status = d.terminate(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
+    }
+    let outcome = verify(&world.broker, &expected, &api, &world.group, BUDGET);
+    println!(
+        "[fleet 3] joined (4 + 4 + 4) {joined:.1?} after the second replica started, with \
+         {deleted_at_join} of {} ids deleted; one left (6 + 6) {left:.1?} after its SIGTERM, \
+         with {deleted_at_leave} deleted; all committed {took:.1?} after the start; {outcome}",
+        expected.ids.len()
+    );
+    assert!(
+        deleted_at_leave < expected.ids.len() as u64,
+        "the rebalances happened under load"
+    );
+    let peak = api.fake.max_concurrent(&eu1);
+    assert!(peak <= BUDGET, "{peak} requests at once, above the budget");
+    assert_eq!(too_many(&api), 0, "no 429 through the rebalances");
+}
