@@ -140,14 +140,13 @@ pub async fn run(
     dispatcher.share_budgets(&config.account_budgets());
 
     let (reloads_tx, reloads) = mpsc::unbounded_channel();
+    // Spawned without files too, so that SIGHUP says there is nothing to re-read.
     let watcher = SecretWatcher::new(config.secret_files(), metrics.clone());
-    if !watcher.is_empty() {
-        let interval = match s.secrets.reload_interval_ms {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        };
-        tokio::spawn(secret_reload::watch(watcher, interval, reload, reloads_tx));
-    }
+    let interval = match s.secrets.reload_interval_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    tokio::spawn(secret_reload::watch(watcher, interval, reload, reloads_tx));
 
     let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);

@@ -86,10 +86,6 @@ impl SecretWatcher {
         SecretWatcher { files, metrics }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Reads every file and returns the values to use from now on. A
     /// `forced` read (SIGHUP) reports a file that still cannot be used
     /// again; otherwise only changes are reported.
@@ -184,13 +180,17 @@ pub async fn watch(
             _ = trigger.requested() => true,
             _ = updates.closed() => return,
         };
-        if forced {
-            tracing::info!(
-                files = watcher.files.len(),
-                "re-reading the secret files (SIGHUP)"
-            );
+        let changed = watcher.check(forced);
+        match (forced, watcher.files.len()) {
+            (false, _) => {}
+            (true, 0) => tracing::info!(
+                "no secret file to re-read: only passcode_file, audit.salt_file and kafka.secret_properties_files are"
+            ),
+            (true, files) => {
+                tracing::info!(files, reloaded = changed.len(), "secret files re-read")
+            }
         }
-        for update in watcher.check(forced) {
+        for update in changed {
             if updates.send(update).is_err() {
                 return;
             }
