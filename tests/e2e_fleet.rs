@@ -38,7 +38,7 @@ use clevertap_deleter::testkit::synth::{ExpectedDeletion, SynthEvent};
 use check::{verify, wait_fully_committed, Expected};
 use common::{account_id, metric, passcode};
 use daemon::{Api, Daemon, ACCOUNT_LIMIT};
-use world::{serial, wait_until, World};
+use world::{serial, wait_until, Protocol, World};
 
 /// `n` events for eu1 with one identity each, `{prefix}{i}`.
 fn eu1_events(prefix: &str, n: usize) -> Vec<SynthEvent> {
@@ -499,12 +499,23 @@ fn e2e_fleet_2_secrets_rotated_in_place_without_a_restart() {
 /// SIGTERM (-> 6 + 6). A replica lowers its share before it gives
 /// partitions up, so the fake never sees more than the budget at once.
 #[test]
-fn e2e_fleet_3_the_budget_holds_while_replicas_join_and_leave() {
+fn e2e_fleet_3a_the_budget_holds_while_replicas_join_and_leave() {
+    scaling_scenario("3a classic", Protocol::Classic);
+}
+
+/// The same under KIP-848 (`group.protocol = "consumer"`): the broker
+/// assigns, partitions move one revoke at a time.
+#[test]
+fn e2e_fleet_3b_the_budget_holds_while_replicas_join_and_leave_kip848() {
+    scaling_scenario("3b kip848", Protocol::Consumer);
+}
+
+fn scaling_scenario(label: &str, protocol: Protocol) {
     let _serial = serial();
     let Some(broker) = broker::shared() else {
         return;
     };
-    let world = World::new(broker, "scaling", PARTITIONS);
+    let world = World::new(broker, "scaling", PARTITIONS).with_protocol(protocol);
     // Slower answers than in test 1, so the run outlasts two rebalances.
     let api = Api::start(Duration::from_millis(500), Faults::default());
     let extra = "[api]\nmax_concurrency = 15\n";
@@ -559,7 +570,7 @@ fn e2e_fleet_3_the_budget_holds_while_replicas_join_and_leave() {
     }
     let outcome = verify(&world.broker, &expected, &api, &world.group, BUDGET);
     println!(
-        "[fleet 3] joined (4 + 4 + 4) {joined:.1?} after the second replica started, with \
+        "[fleet {label}] joined (4 + 4 + 4) {joined:.1?} after the second replica started, with \
          {deleted_at_join} of {} ids deleted; one left (6 + 6) {left:.1?} after its SIGTERM, \
          with {deleted_at_leave} deleted; all committed {took:.1?} after the start; {outcome}",
         expected.ids.len()
