@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::domain::ids::IdKind;
+use clevertap_deleter::output::audit::salted_sha256;
 use clevertap_deleter::testkit::fake_api::Faults;
 use clevertap_deleter::testkit::synth::{ExpectedDeletion, SynthEvent};
 
@@ -286,10 +287,13 @@ impl SecretVolume {
         self.dir.path().join(name).display().to_string()
     }
 
-    fn update(&mut self, name: &str, value: &str) {
-        for (k, v) in &mut self.values {
-            if k == name {
-                *v = value.to_string();
+    /// Sets every `(name, value)` in one new version, one swap.
+    fn update(&mut self, changes: &[(&str, &str)]) {
+        for (name, value) in changes {
+            for (k, v) in &mut self.values {
+                if k == name {
+                    *v = value.to_string();
+                }
             }
         }
         self.write_version();
@@ -313,6 +317,34 @@ impl SecretVolume {
 fn set_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// (account id, hash) of every id in a `deleted` audit record.
+fn audited_hashes(world: &World, topic: &str) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    for (_, payload) in world.broker.records(topic, 1) {
+        let v: serde_json::Value =
+            serde_json::from_slice(payload.as_deref().unwrap_or_default()).expect("audit JSON");
+        assert_eq!(v["ids_hashed"], true, "{v}");
+        if v["status"] != "deleted" {
+            continue;
+        }
+        let account = v["account_id"].as_str().unwrap_or_default().to_string();
+        for id in v["ids"].as_array().expect("ids") {
+            out.insert((account.clone(), id.as_str().expect("a hash").to_string()));
+        }
+    }
+    out
+}
+
+/// The first `n` events of `produced`.
+fn first_batch(produced: &broker::Produced, n: usize) -> broker::Produced {
+    broker::Produced {
+        topic: produced.topic.clone(),
+        partitions: produced.partitions,
+        events: produced.events[..n].to_vec(),
+        positions: produced.positions[..n].to_vec(),
+    }
 }
 
 /// `toml` with eu1's passcode read from `passcode_file`.
@@ -415,18 +447,24 @@ fn e2e_fleet_2_secrets_rotated_in_place_without_a_restart() {
     );
     assert_eq!(held(&scrape_port(port)), 1.0, "nothing released eu1 yet");
     let counts = api.deletion_counts();
-    let eu1_waiting = second
+    let eu1_released: Vec<daemon::Key> = second
         .ids
         .iter()
         .filter(|k| k.0 == eu1 && !counts.contains_key(*k))
-        .count();
-    assert!(eu1_waiting > 0, "eu1's new ids wait for the passcode");
+        .cloned()
+        .collect();
+    assert!(
+        !eu1_released.is_empty(),
+        "eu1's new ids wait for the passcode"
+    );
 
     // The Secret is updated in place: passcode, salt and Kafka secret.
     let swapped = Instant::now();
-    volume.update("passcode", new);
-    volume.update("salt", new_salt);
-    volume.update("sasl-password", new_kafka);
+    volume.update(&[
+        ("passcode", new),
+        ("salt", new_salt),
+        ("sasl-password", new_kafka),
+    ]);
     wait_until(
         "the reloads counted",
         Duration::from_secs(20),
@@ -462,6 +500,18 @@ fn e2e_fleet_2_secrets_rotated_in_place_without_a_restart() {
     let status = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
     let outcome = verify(&world.broker, &expected, &api, &world.group, 10);
+    // Audit records: the ids deleted before the swap hashed with the old
+    // salt, eu1's ids released by the new passcode with the new one.
+    let hashed = audited_hashes(&world, &audit_topic);
+    let first = Expected::new(&first_batch(&produced, 3_000));
+    for (account, _, id) in &first.ids {
+        let hash = salted_sha256(old_salt, id);
+        assert!(hashed.contains(&(account.clone(), hash)), "{id}: old salt");
+    }
+    for (account, _, id) in eu1_released.iter() {
+        let hash = salted_sha256(new_salt, id);
+        assert!(hashed.contains(&(account.clone(), hash)), "{id}: new salt");
+    }
 
     let reloaded_lines: Vec<&str> = logs
         .lines()

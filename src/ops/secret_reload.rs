@@ -160,6 +160,9 @@ impl SecretWatcher {
                 }
             }
         }
+        // A new salt before a new passcode: deletions a new passcode releases
+        // (a held region) are audited with the salt of the same Secret update.
+        updates.sort_by_key(|u| matches!(u, SecretUpdate::RegionPasscode(..)));
         updates
     }
 }
@@ -279,6 +282,10 @@ mod tests {
         std::fs::write(dir.path().join("salt"), "another-salt-of-16-chars").unwrap();
         let updates = w.check(false);
         assert_eq!(updates.len(), 2, "{updates:?}");
+        assert!(
+            matches!(updates[0], SecretUpdate::AuditSalt(_)),
+            "the salt before the passcode it may release deletions for: {updates:?}"
+        );
         assert_eq!(count(&metrics, "audit_salt", "success"), 1);
         // Back to the value in use: nothing to do.
         std::fs::write(dir.path().join("passcode"), "x\ny").unwrap();
