@@ -15,6 +15,7 @@ mod event;
 mod kafka;
 mod regions;
 mod secret_files;
+mod secrets;
 mod settings;
 mod sources;
 mod validation;
@@ -24,7 +25,10 @@ pub use batch_api::{ApiSettings, BatchSettings, DedupSettings, PipelineSettings}
 pub use error::{env_var_for, ConfigError, ENV_PREFIX};
 pub use event::{EventFormat, EventSettings};
 pub use kafka::{KafkaSettings, KAFKA_ENV_PROPERTIES};
-pub use regions::{default_endpoint, RegionAccount, RegionSettings, DELETE_PATH};
+pub use regions::{
+    default_endpoint, RegionAccount, RegionSettings, DEFAULT_ACCOUNT_CONCURRENCY, DELETE_PATH,
+};
+pub use secrets::{SecretFile, SecretTarget, SecretsSettings};
 pub use settings::{redacted_toml, LogSettings, ServerSettings, Settings};
 
 use batch_api::read_ca_file;

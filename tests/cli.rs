@@ -1237,9 +1237,14 @@ fn replay_dlq_gives_up_on_unreachable_brokers() {
 
 // ---------------------------------------------------------------- issue #16.6: signals
 
+/// SIGHUP re-reads the secret files (issue #19): the process keeps running,
+/// and the log names the reloaded setting, never its value.
 #[test]
-fn sighup_is_logged_and_ignored() {
+fn sighup_rereads_the_secret_files_and_keeps_running() {
     let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let passcode_file = dir.path().join("eu1-passcode");
+    std::fs::write(&passcode_file, passcode("eu1")).expect("passcode file");
     let text = merge_toml(
         &config_toml(
             &format!("127.0.0.1:{}", free_port()),
@@ -1247,10 +1252,15 @@ fn sighup_is_logged_and_ignored() {
             "g",
             "http://127.0.0.1:9",
             "",
+        )
+        .replacen(
+            &format!("passcode = \"{}\"", passcode("eu1")),
+            &format!("passcode_file = {:?}", passcode_file.display().to_string()),
+            1,
         ),
-        &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
+        // Files re-read only on SIGHUP here.
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[secrets]\nreload_interval_ms = 0"),
     );
-    let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), &text);
     let captured = Captured::new();
     let mut cmd = command(&["run", "--config", path.to_str().unwrap()], &[]);
@@ -1275,25 +1285,47 @@ fn sighup_is_logged_and_ignored() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let rotated = "pass-eu1-rotated-by-sighup-5d1e";
+    std::fs::write(&passcode_file, rotated).expect("new passcode");
     signal(child.0.id(), "HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    // The positive signal: the reload is logged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !captured.read().1.contains("secret reloaded") {
+        assert!(
+            child.0.try_wait().expect("try_wait").is_none(),
+            "SIGHUP ended the process\n{:?}",
+            captured.read()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no reload logged after SIGHUP\n{:?}",
+            captured.read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         child.0.try_wait().expect("try_wait").is_none(),
-        "SIGHUP ended the process\n{:?}",
-        captured.read()
+        "still running after the reload"
     );
     assert_eq!(healthz(), Some(200));
     signal(child.0.id(), "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(30)).expect("exit after SIGTERM");
     let (_, stderr) = captured.read();
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert_eq!(
-        stderr
-            .lines()
-            .filter(|l| l.contains("SIGHUP received"))
-            .count(),
-        1,
+    let count = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("SIGHUP received"), 1, "{stderr}");
+    let reloaded: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("secret reloaded"))
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{stderr}");
+    assert!(
+        reloaded[0].contains("regions.eu1.passcode_file"),
         "{stderr}"
+    );
+    assert!(
+        !stderr.contains(rotated) && !stderr.contains(&passcode("eu1")),
+        "a passcode reached the log:\n{stderr}"
     );
 }
 

@@ -252,6 +252,7 @@ impl Served {
             async move {
                 let _ = stopped.await;
             },
+            Default::default(),
         ));
         Pipeline {
             stop: Some(stop),

@@ -313,18 +313,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// SIGHUP would end the process (exit 129, no drain, no commit). It is
-/// logged and ignored until secrets can be re-read.
+/// SIGHUP re-reads the secret files at once (they are also re-read every
+/// `secrets.reload_interval_ms`). Without a handler it would end the process
+/// (exit 129, no drain, no commit).
 #[cfg(unix)]
-fn ignore_sighup() {
+fn reload_on_sighup(reload: crate::ops::secret_reload::ReloadTrigger) {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(mut hangups) => {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    tracing::info!(
-                        "SIGHUP received; secrets reload is not implemented yet, ignoring"
-                    );
+                    tracing::info!("SIGHUP received; re-reading the secret files");
+                    reload.reload_now();
                 }
             });
         }
@@ -333,8 +333,9 @@ fn ignore_sighup() {
 }
 
 async fn run_daemon(cfg: Config) -> ExitCode {
+    let reload = crate::ops::secret_reload::ReloadTrigger::default();
     #[cfg(unix)]
-    ignore_sighup();
+    reload_on_sighup(reload.clone());
     let kafka_settings = cfg.settings.kafka.clone();
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
@@ -365,7 +366,8 @@ async fn run_daemon(cfg: Config) -> ExitCode {
         group = %cfg.settings.kafka.group_id,
         "clevertap-deleter started"
     );
-    match crate::app::pipeline::run(cfg, api, metrics, health, shutdown_signal()).await {
+    let stopped = shutdown_signal();
+    match crate::app::pipeline::run(cfg, api, metrics, health, stopped, reload).await {
         Ok(summary) => {
             tracing::info!(unfinished = summary.unfinished_at_exit, "clean shutdown");
             ExitCode::SUCCESS

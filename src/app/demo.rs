@@ -247,9 +247,16 @@ pub async fn run(opts: DemoOptions) -> Result<bool, String> {
     };
     let api_client: Arc<dyn DeleteApi> =
         Arc::new(HttpDeleteApi::new(config.timeout(), 16).map_err(|e| e.to_string())?);
-    let summary = crate::app::pipeline::run(config, api_client, metrics.clone(), health, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    let summary = crate::app::pipeline::run(
+        config,
+        api_client,
+        metrics.clone(),
+        health,
+        shutdown,
+        Default::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     produce.abort();
 
     // The summary, from the daemon's own metrics and what the fake API saw.

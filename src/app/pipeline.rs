@@ -3,10 +3,12 @@
 //! The coordinator owns the ledger alone, so the core needs no locks.
 //!
 //! Parts: `clients` (librdkafka settings, the offline check), `coordinator`
-//! (the loop and its handlers), `upkeep` (revokes, commits, backpressure, gauges).
+//! (the loop and its handlers), `upkeep` (revokes, commits, backpressure, gauges),
+//! `shares` (the account budget's share, reloaded secrets).
 
 mod clients;
 mod coordinator;
+mod shares;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -25,9 +27,11 @@ use crate::domain::ledger::{Finish, Ledger, LedgerSettings};
 use crate::domain::offsets::PartitionId;
 use crate::domain::revokes::RevokeQueue;
 use crate::input::decode::EventDecoder;
+use crate::input::partition_count;
 use crate::input::source::{self, SourceCommand, SourceSettings};
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
+use crate::ops::secret_reload::{self, ReloadTrigger, SecretWatcher};
 use crate::output::audit::AuditWriter;
 use crate::output::dead_letter::DeadLetterWriter;
 use crate::output::produce::{BrokerWatch, KafkaWriter, RecordProducer};
@@ -62,12 +66,15 @@ pub struct RunSummary {
 }
 
 /// Runs until `shutdown` resolves (then drains and commits) or a fatal error.
+/// `reload` asks for the secret files to be re-read now (SIGHUP); they are
+/// also re-read every `secrets.reload_interval_ms`.
 pub async fn run(
     config: Config,
     api: Arc<dyn DeleteApi>,
     metrics: Metrics,
     health: Health,
     shutdown: impl Future<Output = ()>,
+    reload: ReloadTrigger,
 ) -> Result<RunSummary, PipelineError> {
     let s = &config.settings;
     let producer: RecordProducer = producer_config(&config)
@@ -82,6 +89,21 @@ pub async fn run(
         ),
         s.kafka.dlq_topic.clone(),
     );
+    let (partition_counts_tx, partition_counts) = mpsc::unbounded_channel();
+    let count_partitions = Arc::new(tokio::sync::Notify::new());
+    {
+        let (client, topics) = (producer.clone(), s.kafka.topics.clone());
+        let retry = !topics.iter().any(|t| t.starts_with('^'));
+        tokio::spawn(partition_count::count_on_request(
+            Arc::new(move || {
+                use rdkafka::producer::Producer;
+                partition_count::partition_count(client.client(), &topics)
+            }),
+            retry,
+            count_partitions.clone(),
+            partition_counts_tx,
+        ));
+    }
     // A dry run writes nothing to Kafka, audit records included.
     let audit = match (&config.audit, s.api.dry_run) {
         (Some((topic, disclosure)), false) => Some(AuditWriter::new(
@@ -113,6 +135,18 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
     );
+    // Each region's concurrency follows this replica's part of the group's
+    // partitions from now on (nothing owned yet).
+    dispatcher.share_budgets(&config.account_budgets());
+
+    let (reloads_tx, reloads) = mpsc::unbounded_channel();
+    // Spawned without files too, so that SIGHUP says there is nothing to re-read.
+    let watcher = SecretWatcher::new(config.secret_files(), metrics.clone());
+    let interval = match s.secrets.reload_interval_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    tokio::spawn(secret_reload::watch(watcher, interval, reload, reloads_tx));
 
     let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);
@@ -165,6 +199,9 @@ pub async fn run(
         held_back_labelled: Vec::new(),
         drain_timeout,
         dry_run: s.api.dry_run,
+        partitions_total: None,
+        count_partitions,
+        settling: Vec::new(),
     };
     let views = health.status_link().connect();
     let outcome = coordinator
@@ -175,6 +212,8 @@ pub async fn run(
                 acks,
                 audited,
                 views,
+                reloads,
+                partition_counts,
             },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),
@@ -182,6 +221,8 @@ pub async fn run(
         )
         .await;
 
+    // Revokes drained but waiting for a lowered share: answer them now.
+    coordinator.settle_revokes(true);
     // Writes still retrying (a missing dead-letter topic, say) end here:
     // their events are not committed and will be redone.
     coordinator.stopped.cancel();

@@ -6,11 +6,11 @@
 //! built hold the region.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::clevertap::api::{
     classify, split_confirmed, ApiReply, DeleteApi, Hold, TransportError, Unconfirmed, Verdict,
@@ -62,7 +62,18 @@ pub struct DispatchSettings {
 /// One account's lane: its credentials, its limiter, and the probe lock that
 /// lets a single request at a time test a held account.
 struct AccountLane {
-    account: RegionAccount,
+    name: RegionName,
+    /// The account with its current passcode, and the passcode's generation
+    /// (bumped on every reload). Each request takes a snapshot, so requests
+    /// in flight finish with the passcode they started with.
+    account: RwLock<(u64, Arc<RegionAccount>)>,
+    /// Announces a new passcode generation: a held region's probe waits for
+    /// it or for `auth_retry`, whichever comes first.
+    credentials: watch::Sender<u64>,
+    /// The newest passcode generation CleverTap refused (401/403/404).
+    refused: AtomicU64,
+    /// `regions.NAME.account_concurrency`: the budget the replicas share.
+    budget: AtomicUsize,
     limiter: AimdLimiter,
     probe: tokio::sync::Mutex<()>,
     /// Batches handed to this lane and not finished (waiting or in flight).
@@ -117,7 +128,11 @@ impl Dispatcher {
                 (
                     a.name.clone(),
                     Arc::new(AccountLane {
-                        account: a.clone(),
+                        name: a.name.clone(),
+                        account: RwLock::new((0, Arc::new(a.clone()))),
+                        credentials: watch::channel(0).0,
+                        refused: AtomicU64::new(0),
+                        budget: AtomicUsize::new(settings.max_concurrency),
                         limiter: AimdLimiter::new(settings.max_concurrency),
                         probe: tokio::sync::Mutex::new(()),
                         pending: AtomicUsize::new(0),
@@ -166,9 +181,10 @@ impl Dispatcher {
     /// slot: a batch sent now would only wait in line, so a partial one may
     /// as well stay open and fill up.
     pub fn is_saturated(&self, region: &RegionName) -> bool {
-        self.inner.lanes.get(region).is_some_and(|lane| {
-            lane.pending.load(Ordering::Relaxed) >= self.inner.settings.max_concurrency
-        })
+        self.inner
+            .lanes
+            .get(region)
+            .is_some_and(|lane| lane.pending.load(Ordering::Relaxed) >= lane.limiter.max())
     }
 
     /// Per region, what the status view shows, sorted by name.
@@ -179,7 +195,7 @@ impl Dispatcher {
             .iter()
             .map(|(name, lane)| crate::ops::status::RegionView {
                 region: name.to_string(),
-                account_id: lane.account.account_id.clone(),
+                account_id: lane.account().1.account_id.clone(),
                 held: self.inner.health.region_held(name.as_str()),
                 in_flight: lane.limiter.in_flight(),
                 concurrency_limit: lane.limiter.limit(),
@@ -216,7 +232,7 @@ impl DispatcherInner {
         lane: &AccountLane,
         mut batch: DeleteBatch,
     ) -> Option<(DeleteBatch, DeleteBatch)> {
-        let region = lane.account.name.as_str();
+        let region = lane.name.as_str();
         let kind = batch.kind();
         let mut attempt: u32 = 0;
         // 2xx answers that did not confirm this batch's deletion.
@@ -229,8 +245,15 @@ impl DispatcherInner {
                 let guard = lane.probe.lock().await;
                 if self.health.region_held(region) {
                     let wait = self.settings.auth_retry;
-                    tracing::debug!(region, %kind, size, attempt, "region held: probing after {wait:?}");
-                    tokio::time::sleep(wait).await;
+                    let refused = lane.refused.load(Ordering::Relaxed);
+                    let mut credentials = lane.credentials.subscribe();
+                    tracing::debug!(region, %kind, size, attempt, "region held: probing after {wait:?} or a new passcode");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = credentials.wait_for(|generation| *generation > refused) => {
+                            tracing::info!(region, "new passcode for a held region: probing now");
+                        }
+                    }
                 }
                 Some(guard)
             } else {
@@ -242,8 +265,9 @@ impl DispatcherInner {
                 .api_in_flight
                 .with_label_values(&[region])
                 .set(lane.limiter.in_flight() as i64);
+            let (generation, account) = lane.account();
             let started = Instant::now();
-            let result = self.api.delete(&lane.account, &batch).await;
+            let result = self.api.delete(&account, &batch).await;
             let elapsed = started.elapsed();
             drop(permit);
             self.metrics
@@ -396,6 +420,7 @@ impl DispatcherInner {
                     };
                 }
                 Verdict::Held { cause } => {
+                    lane.refused.fetch_max(generation, Ordering::Relaxed);
                     self.metrics
                         .region_auth_failures
                         .with_label_values(&[region, cause.as_str()])
@@ -441,7 +466,7 @@ impl DispatcherInner {
     /// while (the endpoint refuses connections or never replies); any HTTP
     /// answer clears it. Lost replies among answers do not count.
     fn note_reachability(&self, lane: &AccountLane, result: &Result<ApiReply, TransportError>) {
-        let region = lane.account.name.as_str();
+        let region = lane.name.as_str();
         let mut watch = lane.answers.lock().expect("answers lock");
         match result {
             Ok(_) => {
@@ -473,7 +498,7 @@ impl DispatcherInner {
     /// CleverTap confirmed every id of `batch`: release a held region, count
     /// and report it.
     fn on_deleted(&self, lane: &AccountLane, batch: DeleteBatch, attempt: u32, status: &str) {
-        let region = lane.account.name.as_str();
+        let region = lane.name.as_str();
         let kind = batch.kind();
         let size = batch.len();
         lane.limiter.on_success();
@@ -502,10 +527,12 @@ impl DispatcherInner {
     fn note_limit(&self, lane: &AccountLane) {
         self.metrics
             .api_concurrency_limit
-            .with_label_values(&[lane.account.name.as_str()])
+            .with_label_values(&[lane.name.as_str()])
             .set(lane.limiter.limit() as i64);
     }
 }
+
+mod shares;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 //! Per-account concurrency limit that adapts to 429s: additive increase after
-//! successes, multiplicative decrease on "too many concurrent requests" (AIMD).
+//! successes, multiplicative decrease on "too many concurrent requests" (AIMD),
+//! under a ceiling that follows this replica's share of the account's budget
+//! (see [`crate::domain::share::replica_share`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ struct LimitState {
     /// they were in use).
     debt: usize,
     last_decrease: Option<Instant>,
+    /// The ceiling: AIMD never grows the limit above it.
+    max: usize,
 }
 
 /// Never lets more than `max` requests run at once; lowers the limit on 429.
@@ -24,7 +28,6 @@ pub struct AimdLimiter {
     permits: Arc<Semaphore>,
     state: Arc<Mutex<LimitState>>,
     in_flight: Arc<AtomicUsize>,
-    max: usize,
 }
 
 /// Decreases closer together than this count as one overload signal: the 429s
@@ -40,9 +43,9 @@ impl AimdLimiter {
                 limit: max as f64,
                 debt: 0,
                 last_decrease: None,
+                max,
             })),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            max,
         }
     }
 
@@ -64,7 +67,7 @@ impl AimdLimiter {
     /// A success: grow by about one slot per `limit` successes.
     pub fn on_success(&self) {
         let mut s = self.state.lock().expect("limiter lock");
-        let grown = (s.limit + 1.0 / s.limit).min(self.max as f64);
+        let grown = (s.limit + 1.0 / s.limit).min(s.max as f64);
         if grown.floor() > s.limit.floor() {
             if s.debt > 0 {
                 s.debt -= 1;
@@ -84,11 +87,49 @@ impl AimdLimiter {
             return;
         }
         let lowered = (s.limit / 2.0).max(1.0);
-        let remove = (s.limit.floor() - lowered.floor()) as usize;
-        let forgotten = self.permits.forget_permits(remove);
-        s.debt += remove - forgotten;
-        s.limit = lowered;
+        self.resize(&mut s, lowered);
         s.last_decrease = Some(now);
+    }
+
+    /// Moves the ceiling (this replica's share changed). Raising it raises
+    /// the limit by as much, keeping any deficit 429s caused; lowering it
+    /// caps the limit at once. Requests already in flight above a lowered
+    /// limit finish; new ones wait until the count is below it.
+    pub fn set_max(&self, max: usize) {
+        let max = max.max(1);
+        let mut s = self.state.lock().expect("limiter lock");
+        if max == s.max {
+            return;
+        }
+        let limit = if max > s.max {
+            s.limit + (max - s.max) as f64
+        } else {
+            s.limit
+        }
+        .min(max as f64);
+        s.max = max;
+        self.resize(&mut s, limit);
+    }
+
+    /// Sets the limit, handing out or withholding the permits it changes.
+    fn resize(&self, s: &mut LimitState, limit: f64) {
+        let (old, new) = (s.limit.floor() as usize, limit.floor() as usize);
+        if new > old {
+            let add = new - old;
+            let repaid = add.min(s.debt);
+            s.debt -= repaid;
+            self.permits.add_permits(add - repaid);
+        } else if new < old {
+            let remove = old - new;
+            let forgotten = self.permits.forget_permits(remove);
+            s.debt += remove - forgotten;
+        }
+        s.limit = limit;
+    }
+
+    /// The ceiling the limit grows back to.
+    pub fn max(&self) -> usize {
+        self.state.lock().expect("limiter lock").max
     }
 
     pub fn limit(&self) -> usize {
@@ -123,6 +164,31 @@ impl Drop for Permit {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn the_ceiling_moves_with_the_share() {
+        let l = AimdLimiter::new(1);
+        l.set_max(4);
+        assert_eq!((l.limit(), l.max()), (4, 4), "raised at once");
+        let held: Vec<Permit> = futures::future::join_all((0..4).map(|_| l.acquire())).await;
+        l.set_max(2);
+        assert_eq!(l.limit(), 2);
+        drop(held);
+        let a = l.acquire().await;
+        let _b = l.acquire().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        assert!(third.is_err(), "only 2 slots after lowering the ceiling");
+        drop(a);
+        // A 429 deficit survives a raise: 2 -> 1 by the 429, then + 4.
+        l.on_overload(Instant::now());
+        assert_eq!(l.limit(), 1);
+        l.set_max(6);
+        assert_eq!((l.limit(), l.max()), (5, 6));
+        for _ in 0..100 {
+            l.on_success();
+        }
+        assert_eq!(l.limit(), 6, "AIMD grows back up to the new ceiling only");
+    }
 
     #[tokio::test]
     async fn never_more_than_the_limit_at_once() {

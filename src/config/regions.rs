@@ -12,7 +12,7 @@ use crate::domain::secret::Secret;
 use super::error::{env_var_for, ConfigError};
 use super::secret_files::read_secret;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSettings {
     #[serde(default)]
@@ -25,6 +25,32 @@ pub struct RegionSettings {
     pub endpoint: Option<String>,
     #[serde(default)]
     pub allow_insecure_endpoint: bool,
+    /// Concurrent requests the whole consumer group may send to this
+    /// account; each replica takes the share its partitions give it.
+    #[serde(default = "default_account_concurrency")]
+    pub account_concurrency: usize,
+}
+
+/// CleverTap allows about 15 concurrent requests per account; the default
+/// budget the replicas share keeps a margin of 3 below it, for requests
+/// started under a share that is being lowered and for other API clients.
+pub const DEFAULT_ACCOUNT_CONCURRENCY: usize = 12;
+
+fn default_account_concurrency() -> usize {
+    DEFAULT_ACCOUNT_CONCURRENCY
+}
+
+impl Default for RegionSettings {
+    fn default() -> Self {
+        RegionSettings {
+            account_id: String::new(),
+            passcode: None,
+            passcode_file: None,
+            endpoint: None,
+            allow_insecure_endpoint: false,
+            account_concurrency: DEFAULT_ACCOUNT_CONCURRENCY,
+        }
+    }
 }
 
 /// The Delete User Profile API's path, appended to a region's endpoint.
@@ -89,6 +115,14 @@ pub(super) fn resolve_region(
         warnings,
     )?;
     check_passcode(&key("passcode"), &passcode)?;
+    match region.account_concurrency {
+        0 => return Err(ConfigError::new(key("account_concurrency"), "must be at least 1")),
+        n if n > 15 => warnings.push(format!(
+            "{} = {n} is above the 15 concurrent requests CleverTap allows per account: expect 429 answers unless your account's limit is higher",
+            key("account_concurrency")
+        )),
+        _ => {}
+    }
     let lower = name.to_ascii_lowercase();
     let endpoint = match &region.endpoint {
         Some(e) => e.trim_end_matches('/').to_string(),
@@ -171,7 +205,7 @@ fn is_placeholder_account_id(account_id: &str) -> bool {
 
 /// A passcode must fit in an HTTP header and must not be a placeholder.
 /// Errors never show the value.
-fn check_passcode(key: &str, passcode: &Secret) -> Result<(), ConfigError> {
+pub(super) fn check_passcode(key: &str, passcode: &Secret) -> Result<(), ConfigError> {
     let value = passcode.expose();
     if value.chars().any(|c| c.is_control()) {
         return Err(ConfigError::new(

@@ -10,6 +10,7 @@ use super::batch_api::{ApiSettings, BatchSettings, DedupSettings, PipelineSettin
 use super::event::EventSettings;
 use super::kafka::KafkaSettings;
 use super::regions::RegionSettings;
+use super::secrets::SecretsSettings;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +35,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

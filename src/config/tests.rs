@@ -381,3 +381,81 @@ fn event_format_and_header_fields() {
         assert_eq!(got, Err(key.to_string()), "{body}");
     }
 }
+
+#[test]
+fn account_concurrency_and_the_secret_files_watched() {
+    let c = from_toml(MINIMAL).unwrap();
+    assert_eq!(
+        c.account_budgets(),
+        vec![(RegionName::new("eu1"), DEFAULT_ACCOUNT_CONCURRENCY)]
+    );
+    assert_eq!(c.settings.secrets.reload_interval_ms, 5_000);
+    assert!(
+        c.secret_files().is_empty(),
+        "an inline passcode is not watched"
+    );
+    assert_eq!(
+        err_key(&format!("{MINIMAL}\naccount_concurrency = 0")),
+        "regions.eu1.account_concurrency"
+    );
+    let c = from_toml(&format!("{MINIMAL}\naccount_concurrency = 20")).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("regions.eu1.account_concurrency = 20")),
+        "{:?}",
+        c.warnings
+    );
+
+    let c = from_toml_and_env(
+        MINIMAL,
+        &[
+            ("CLEVERTAP_DELETER__REGIONS__EU1__ACCOUNT_CONCURRENCY", "6"),
+            ("CLEVERTAP_DELETER__SECRETS__RELOAD_INTERVAL_MS", "250"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.account_budgets(), vec![(RegionName::new("eu1"), 6)]);
+    assert_eq!(c.settings.secrets.reload_interval_ms, 250);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pass = write_secret(dir.path(), "pass", "pass-from-file-1", 0o600);
+    let salt = write_secret(dir.path(), "salt", "salt-salt-salt-salt-2", 0o600);
+    let kafka = write_secret(dir.path(), "kafka", "kafka-pw-3", 0o600);
+    let c = from_toml(&format!(
+        "[regions.EU1]\naccount_id = \"A\"\npasscode_file = \"{}\"\n\
+         [kafka]\naudit_topic = \"audit\"\n[audit]\nhash_ids = true\nsalt_file = \"{}\"\n\
+         [kafka.secret_properties_files]\n\"sasl.password\" = \"{}\"\n\
+         [secrets]\nreload_interval_ms = 0\n",
+        pass.display(),
+        salt.display(),
+        kafka.display()
+    ))
+    .unwrap();
+    assert_eq!(c.settings.secrets.reload_interval_ms, 0);
+    let files: Vec<(String, SecretTarget, String)> = c
+        .secret_files()
+        .into_iter()
+        .map(|(f, v)| (f.key, f.target, v.expose().to_string()))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            (
+                "regions.eu1.passcode_file".to_string(),
+                SecretTarget::RegionPasscode(RegionName::new("eu1")),
+                "pass-from-file-1".to_string()
+            ),
+            (
+                "audit.salt_file".to_string(),
+                SecretTarget::AuditSalt,
+                "salt-salt-salt-salt-2".to_string()
+            ),
+            (
+                "kafka.secret_properties_files.sasl.password".to_string(),
+                SecretTarget::KafkaProperty("sasl.password".into()),
+                "kafka-pw-3".to_string()
+            ),
+        ]
+    );
+}

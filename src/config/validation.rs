@@ -1,7 +1,7 @@
 //! Checks across sections: the audit topic against the other topics, and the
 //! warnings on the rebalance drain and on dead-letter sizes.
 
-use super::audit::IdDisclosure;
+use super::audit::{check_salt, IdDisclosure};
 use super::error::ConfigError;
 use super::secret_files::read_secret;
 use super::settings::Settings;
@@ -33,12 +33,7 @@ pub(super) fn resolve_audit(
         a.salt_file.as_deref(),
         warnings,
     )?;
-    if salt.expose().len() < 16 {
-        return Err(ConfigError::new(
-            "audit.salt",
-            "must be at least 16 characters: a short salt lets anyone recompute the hashes",
-        ));
-    }
+    check_salt(&salt)?;
     Ok(Some((topic, IdDisclosure::SaltedSha256(salt))))
 }
 

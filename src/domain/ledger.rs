@@ -595,6 +595,11 @@ impl Ledger {
         self.offsets.owns(partition)
     }
 
+    /// How many partitions this member owns.
+    pub fn partitions_owned(&self) -> usize {
+        self.offsets.partitions().count()
+    }
+
     pub fn assign(&mut self, partition: PartitionId) {
         self.offsets.assign(partition);
     }

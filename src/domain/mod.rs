@@ -1,4 +1,4 @@
-//! The pure core: ids, batches of at most 100 ids of one kind, deduplication, offsets, the ledger that ties events to deletions, and the outcome types (a leaf). No I/O.
+//! The pure core: ids, batches of at most 100 ids of one kind, deduplication, offsets, the ledger that ties events to deletions, and the outcome types (a leaf), the replica share of an account budget. No I/O.
 
 pub mod backoff;
 pub mod batch;
@@ -10,3 +10,4 @@ pub mod offsets;
 pub mod outcome;
 pub mod revokes;
 pub mod secret;
+pub mod share;

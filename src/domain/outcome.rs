@@ -255,3 +255,59 @@ impl WriteFailure {
         }
     }
 }
+
+/// Which kind of secret file was re-read; the `secret` label of
+/// `secret_reloads_total` (never its path or value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    RegionPasscode,
+    AuditSalt,
+    /// A librdkafka property of `kafka.secret_properties_files`.
+    KafkaProperty,
+}
+
+impl SecretKind {
+    pub const ALL: [SecretKind; 3] = [
+        SecretKind::RegionPasscode,
+        SecretKind::AuditSalt,
+        SecretKind::KafkaProperty,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::RegionPasscode => "region_passcode",
+            SecretKind::AuditSalt => "audit_salt",
+            SecretKind::KafkaProperty => "kafka_property",
+        }
+    }
+}
+
+/// What re-reading a changed secret file came to; the `result` label of
+/// `secret_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// The new value is used for new requests and records.
+    Success,
+    /// The file cannot be read or its value would be refused at start-up:
+    /// the old value stays in use.
+    Failure,
+    /// A Kafka secret: librdkafka keeps the value it was created with, so
+    /// the new one applies after a restart.
+    RestartRequired,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Success,
+        ReloadResult::Failure,
+        ReloadResult::RestartRequired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+            ReloadResult::RestartRequired => "restart_required",
+        }
+    }
+}

@@ -4,5 +4,6 @@
 pub mod decode;
 pub mod headers;
 pub mod lag;
+pub mod partition_count;
 pub mod retention;
 pub mod source;

@@ -7,7 +7,9 @@ use prometheus::{
 };
 
 use crate::domain::ids::IdKind;
-use crate::domain::outcome::{AuditStatus, DeadLetterReason, Finish, RetryReason, WriteFailure};
+use crate::domain::outcome::{
+    AuditStatus, DeadLetterReason, Finish, ReloadResult, RetryReason, SecretKind, WriteFailure,
+};
 
 const PREFIX: &str = "clevertap_deleter";
 
@@ -91,6 +93,8 @@ pub struct Metrics {
     pub kafka_writes_held: IntGaugeVec,
     pub dead_letters_truncated: IntCounter,
     pub records_lost: IntCounterVec,
+    pub account_concurrency_share: IntGaugeVec,
+    pub secret_reloads: IntCounterVec,
 }
 
 /// The writers of `kafka_write_failures_total` and `kafka_writes_held`.
@@ -276,6 +280,16 @@ impl Metrics {
                 "Records removed by retention (or DeleteRecords) before this group read them: deletions lost for good.",
                 &["topic", "partition"]
             )),
+            account_concurrency_share: reg!(gauge_vec(
+                "account_concurrency_share",
+                "This replica's share of the account's concurrency budget (regions.NAME.account_concurrency x owned partitions / all partitions, rounded down, at least 1 while it owns any; 0 when it owns none).",
+                &["region"]
+            )),
+            secret_reloads: reg!(counter_vec(
+                "secret_reloads_total",
+                "Secret files re-read after a change (or SIGHUP), by kind (region_passcode, audit_salt, kafka_property) and result (success; failure: the old value stays; restart_required: the new value applies after a restart).",
+                &["secret", "result"]
+            )),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(
@@ -318,6 +332,12 @@ impl Metrics {
         for s in AuditStatus::ALL {
             self.audit_records.with_label_values(&[s.as_str()]);
         }
+        for secret in SecretKind::ALL {
+            for result in ReloadResult::ALL {
+                self.secret_reloads
+                    .with_label_values(&[secret.as_str(), result.as_str()]);
+            }
+        }
         for k in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[k]);
         }
@@ -340,6 +360,9 @@ impl Metrics {
                 .with_label_values(&[region, reason.as_str()]);
         }
         self.region_held.with_label_values(&[region]).set(0);
+        self.account_concurrency_share
+            .with_label_values(&[region])
+            .set(0);
         self.api_in_flight.with_label_values(&[region]).set(0);
         self.api_request_duration.with_label_values(&[region]);
         for code in API_STATUS_CODES {

@@ -354,6 +354,7 @@ pub fn start_with(cfg: Config, api: Arc<dyn DeleteApi>) -> Running {
         async move {
             let _ = stopped.await;
         },
+        Default::default(),
     ));
     Running {
         metrics,

@@ -23,6 +23,7 @@ use crate::input::decode::DeadLetterReason;
 use crate::input::source::{self, SourceCommand, SourceEvent, SourceRecord};
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
+use crate::ops::secret_reload::SecretUpdate;
 use crate::output::audit::{build_records, AuditInput, AuditWriter};
 use crate::output::dead_letter::DeadLetterWriter;
 use crate::output::dead_letter::DeadLettered;
@@ -58,7 +59,27 @@ pub(super) struct Coordinator {
     /// Dry run: no offset is committed and nothing is written to the
     /// dead-letter topic, so a later real run redoes everything.
     pub(super) dry_run: bool,
+    /// Partitions of the subscribed topics, once read from the brokers.
+    pub(super) partitions_total: Option<usize>,
+    /// Asks for the partition count to be read again (after an assignment).
+    pub(super) count_partitions: Arc<tokio::sync::Notify>,
+    /// Revokes whose partitions drained, waiting for the requests in flight
+    /// to fit this replica's lowered share before the consumer is answered
+    /// (only then can another replica get the partitions and its larger
+    /// share): so the replicas' requests never add up above the budget.
+    pub(super) settling: Vec<Settling>,
 }
+
+/// A revoke's answer held back until the requests in flight fit the shares
+/// (see `shares`).
+pub(super) struct Settling {
+    pub(super) reply: std::sync::mpsc::SyncSender<Vec<(PartitionId, i64)>>,
+    pub(super) marks: Vec<(PartitionId, i64)>,
+    pub(super) deadline: Instant,
+}
+
+/// How often a waiting revoke looks at the requests in flight again.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// The audit topic acknowledged every record of one request.
 pub(super) struct AuditAck {
@@ -83,6 +104,10 @@ pub(super) struct Inputs {
     pub(super) audited: mpsc::UnboundedReceiver<AuditAck>,
     /// Status requests from the HTTP server.
     pub(super) views: mpsc::Receiver<crate::ops::status::ViewRequest>,
+    /// Secrets re-read from their files.
+    pub(super) reloads: mpsc::UnboundedReceiver<SecretUpdate>,
+    /// Partitions of the subscribed topics, read after assignments.
+    pub(super) partition_counts: mpsc::UnboundedReceiver<usize>,
 }
 
 impl Coordinator {
@@ -99,6 +124,8 @@ impl Coordinator {
             mut acks,
             mut audited,
             mut views,
+            mut reloads,
+            mut partition_counts,
         } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
@@ -150,6 +177,10 @@ impl Coordinator {
                     }
                 }
                 _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far).into()), if revoke_deadline.is_some() => {}
+                // Requests finishing bring the count under a lowered share.
+                _ = tokio::time::sleep(SETTLE_POLL), if !self.settling.is_empty() => {}
+                Some(update) = reloads.recv() => self.on_reload(update),
+                Some(total) = partition_counts.recv() => self.on_partition_count(total),
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
                 Some(reply) = views.recv() => {
                     let _ = reply.send(crate::ops::status::PipelineView {
@@ -165,6 +196,7 @@ impl Coordinator {
                 }
             }
             self.finish_revoke_if_drained();
+            self.settle_revokes(false);
             self.apply_backpressure(stop_deadline.is_some(), events.len() * source::SOURCE_CHUNK);
             if let Some(deadline) = stop_deadline {
                 let in_memory = self.ledger.events_in_memory();
@@ -304,6 +336,10 @@ impl Coordinator {
                         .or_insert_with(|| self.stopped.child_token());
                     self.ledger.assign(p);
                 }
+                // The partitions' former owners lowered their shares before
+                // they gave them up: this replica's share may grow now.
+                self.update_shares();
+                self.count_partitions.notify_one();
             }
             SourceEvent::Revoked {
                 partitions,

@@ -40,8 +40,13 @@ impl Coordinator {
                 token.cancel();
             }
         }
+        // Fewer partitions, a smaller share: lowered before the consumer
+        // gives the partitions up, and the answer waits until the requests
+        // in flight fit it (see `settle_revokes`).
+        self.update_shares();
         if let Some(reply) = revoke.reply {
-            let _ = reply.send(if self.dry_run { Vec::new() } else { marks });
+            let marks = if self.dry_run { Vec::new() } else { marks };
+            self.hold_until_settled(reply, marks);
         }
     }
 

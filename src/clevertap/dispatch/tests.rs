@@ -45,6 +45,18 @@ fn setup_with(
     passcode: &str,
     metrics: Metrics,
 ) -> (Dispatcher, mpsc::UnboundedReceiver<DispatchReport>, Health) {
+    dispatcher_for(api, passcode, metrics, Duration::from_millis(20), 4)
+}
+
+/// A dispatcher for one account, eu1, probing a held region every
+/// `auth_retry`.
+fn dispatcher_for(
+    api: Arc<dyn DeleteApi>,
+    passcode: &str,
+    metrics: Metrics,
+    auth_retry: Duration,
+    max_concurrency: usize,
+) -> (Dispatcher, mpsc::UnboundedReceiver<DispatchReport>, Health) {
     let health = Health::new(metrics.clone());
     let account = RegionAccount {
         name: RegionName::new("eu1"),
@@ -53,12 +65,12 @@ fn setup_with(
         endpoint: "http://127.0.0.1:1".into(),
     };
     let settings = DispatchSettings {
-        max_concurrency: 4,
+        max_concurrency,
         backoff: Backoff {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(5),
         },
-        auth_retry: Duration::from_millis(20),
+        auth_retry,
         unconfirmed_retries: 2,
         log_ids: false,
     };
@@ -487,3 +499,5 @@ async fn auth_failure_holds_the_region_until_it_succeeds() {
     assert!(!health.region_held("eu1"));
     wait_until("every batch task finished", || d.batches_in_flight() == 0).await;
 }
+
+mod shares;
