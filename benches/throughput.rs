@@ -42,9 +42,7 @@ mod measure;
 mod workload;
 
 use clevertap_deleter::testkit::fake_api::{FakeAccount, FakeApiConfig, FakeCleverTap};
-use measure::{
-    committed, committed_reader, cpu_seconds, env_or, free_port, scrape, status_mib,
-};
+use measure::{committed, committed_reader, cpu_seconds, env_or, free_port, scrape, status_mib};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -147,12 +145,7 @@ struct DaemonRun {
 }
 
 /// The daemon binary until every offset of `topic` is committed.
-fn daemon(
-    brokers: &str,
-    topic: &Produced,
-    group: &str,
-    endpoint: &str,
-) -> DaemonRun {
+fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> DaemonRun {
     let port = free_port();
     let commit_ms: u64 = env_or("BENCH_COMMIT_MS", 100);
     let (total, partitions, end) = (topic.total, topic.end.len() as i32, &topic.end);
@@ -374,7 +367,12 @@ fn run_on(
 
         // The daemon against an API that answers at once.
         let api = runtime.block_on(fake(Duration::ZERO));
-        let run = daemon(brokers, topic, &format!("bench-daemon-{name}"), &api.endpoint());
+        let run = daemon(
+            brokers,
+            topic,
+            &format!("bench-daemon-{name}"),
+            &api.endpoint(),
+        );
         assert_eq!(
             api.deletion_counts().len(),
             topic.distinct_ids,

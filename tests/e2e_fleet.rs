@@ -48,6 +48,7 @@ fn eu1_events(prefix: &str, n: usize) -> Vec<SynthEvent> {
             let id = format!("{prefix}{i}");
             SynthEvent {
                 key: format!("k{i}"),
+                headers: Vec::new(),
                 payload: format!(r#"{{"type":"user-deleted","region":"eu1","identity":"{id}"}}"#)
                     .into_bytes(),
                 deletions: vec![ExpectedDeletion {

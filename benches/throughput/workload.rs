@@ -54,7 +54,8 @@ impl Workload {
                 .enumerate()
                 .map(|(n, mut e)| {
                     if n % 100 != 0 {
-                        let text = String::from_utf8(e.payload).expect("synthetic events are UTF-8");
+                        let text =
+                            String::from_utf8(e.payload).expect("synthetic events are UTF-8");
                         e.payload = text
                             .replacen("\"user-deleted\"", "\"user-updated\"", 1)
                             .into_bytes();
@@ -148,7 +149,11 @@ pub fn create_topics(brokers: &str, topics: &[String], partitions: i32) {
     let dlqs: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
     let mut new = Vec::new();
     for (topic, dlq) in topics.iter().zip(&dlqs) {
-        new.push(NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)));
+        new.push(NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(-1),
+        ));
         new.push(NewTopic::new(dlq, 1, TopicReplication::Fixed(-1)));
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

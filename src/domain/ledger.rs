@@ -40,63 +40,8 @@ pub use crate::domain::outcome::Finish;
 
 pub use crate::domain::outcome::AuditStatus;
 
-/// An audit record to write before the events it names may finish (audit
-/// on): the pipeline writes it and reports back with [`Ledger::audited`].
-#[derive(Debug, Clone)]
-pub struct AuditDue {
-    pub region: RegionName,
-    pub kind: IdKind,
-    pub ids: Vec<Arc<str>>,
-    pub status: AuditStatus,
-    /// CleverTap's message for a rejection.
-    pub message: Option<String>,
-    /// Requests it took (set by the caller, who knows them).
-    pub attempts: u32,
-    /// The source records it covers, sorted, each once.
-    pub sources: Vec<SourceRef>,
-    /// The events it covers, each once: hand them back to `audited`.
-    pub events: Vec<EventId>,
-}
-
-/// Merges the `already_deleted` records of one chunk of admissions (one per
-/// event as admitted) into few records: one per region and id kind, at most
-/// `max_ids` distinct ids each. Other records pass unchanged.
-pub fn merge_already_deleted(audits: Vec<AuditDue>, max_ids: usize) -> Vec<AuditDue> {
-    let mut out: Vec<AuditDue> = Vec::with_capacity(audits.len());
-    let mut open: Vec<usize> = Vec::new();
-    for a in audits {
-        if a.status != AuditStatus::AlreadyDeleted {
-            out.push(a);
-            continue;
-        }
-        let fits = open.iter().copied().find(|&i| {
-            let o = &out[i];
-            let new_ids = a.ids.iter().filter(|id| !o.ids.contains(id)).count();
-            o.region == a.region && o.kind == a.kind && o.ids.len() + new_ids <= max_ids
-        });
-        match fits {
-            Some(i) => {
-                let o = &mut out[i];
-                for id in a.ids {
-                    if !o.ids.contains(&id) {
-                        o.ids.push(id);
-                    }
-                }
-                o.sources.extend(a.sources);
-                o.events.extend(a.events);
-            }
-            None => {
-                open.push(out.len());
-                out.push(a);
-            }
-        }
-    }
-    for &i in &open {
-        out[i].sources.sort();
-        out[i].sources.dedup();
-    }
-    out
-}
+mod audit_due;
+pub use audit_due::{merge_already_deleted, AuditDue};
 
 pub use crate::domain::outcome::PartitionView;
 
@@ -209,7 +154,13 @@ impl Ledger {
 
     /// Records `first..=last` of one partition, all skipped by the decoder:
     /// nothing to remember, the watermark moves past them.
-    pub fn skip_run(&mut self, partition: &PartitionId, first: i64, last: i64, progress: &mut Progress) {
+    pub fn skip_run(
+        &mut self,
+        partition: &PartitionId,
+        first: i64,
+        last: i64,
+        progress: &mut Progress,
+    ) {
         match self.highest_seen.get_mut(partition) {
             Some(highest) => {
                 if first <= *highest {
@@ -590,112 +541,12 @@ impl Ledger {
         self.batcher.next_deadline()
     }
 
-    /// Whether this member currently owns the partition.
-    pub fn owns(&self, partition: &PartitionId) -> bool {
-        self.offsets.owns(partition)
-    }
-
-    /// How many partitions this member owns.
-    pub fn partitions_owned(&self) -> usize {
-        self.offsets.partitions().count()
-    }
-
-    pub fn assign(&mut self, partition: PartitionId) {
-        self.offsets.assign(partition);
-    }
-
-    /// Final watermarks of revoked partitions; their state is forgotten, so
-    /// acknowledgements that arrive later are dropped.
-    pub fn revoke(&mut self, partitions: &[PartitionId]) -> Vec<(PartitionId, i64)> {
-        let marks = self.offsets.watermarks(partitions);
-        self.events
-            .retain(|_, e| !partitions.contains(&e.partition));
-        for p in partitions {
-            self.offsets.forget(p);
-        }
-        marks
-    }
-
-    /// Unfinished events of these partitions.
-    pub fn unfinished_in(&self, partitions: &[PartitionId]) -> usize {
-        partitions.iter().map(|p| self.offsets.unfinished(p)).sum()
-    }
-
-    /// Watermarks to commit: moved, or not confirmed yet; see
-    /// [`OffsetTracker::take_commits`].
-    pub fn take_commits(&mut self) -> Vec<(PartitionId, i64)> {
-        self.offsets.take_commits()
-    }
-
-    /// The group coordinator's answer to a commit.
-    pub fn commit_result(&mut self, partition: &PartitionId, offset: i64, ok: bool) {
-        self.offsets.commit_result(partition, offset, ok);
-    }
-
-    /// Per owned partition, the offsets read but held back from the commit.
-    pub fn held_back(&self) -> impl Iterator<Item = (&PartitionId, i64)> {
-        self.offsets.held_back()
-    }
-
-    /// Current watermarks of every owned partition.
-    pub fn all_watermarks(&self) -> Vec<(PartitionId, i64)> {
-        let mut owned: Vec<PartitionId> = self.offsets.partitions().cloned().collect();
-        owned.sort();
-        self.offsets.watermarks(&owned)
-    }
-
-    /// Events held in memory, unfinished.
-    pub fn events_in_memory(&self) -> usize {
-        self.events.len()
-    }
-
-    /// Per owned partition, what the status view shows, sorted.
-    pub fn partition_views(&self, now: Instant) -> Vec<PartitionView> {
-        let mut oldest: HashMap<&PartitionId, (i64, Instant)> = HashMap::default();
-        for e in self.events.values() {
-            let slot = oldest.entry(&e.partition).or_insert((e.offset, e.admitted));
-            if e.offset < slot.0 {
-                *slot = (e.offset, e.admitted);
-            }
-        }
-        let mut views: Vec<PartitionView> = self
-            .offsets
-            .partitions()
-            .filter_map(|p| {
-                let w = self.offsets.view(p)?;
-                let (committed, next, committable, unfinished) =
-                    (w.confirmed, w.next, w.committable, w.unfinished);
-                let oldest = oldest.get(p);
-                Some(PartitionView {
-                    topic: p.topic.to_string(),
-                    partition: p.partition,
-                    committed,
-                    read_up_to: next,
-                    committable,
-                    held_back: match (committable, next) {
-                        (Some(c), Some(n)) => n - c,
-                        _ => 0,
-                    },
-                    unfinished,
-                    oldest_unfinished_offset: oldest.map(|o| o.0),
-                    oldest_unfinished_age_secs: oldest
-                        .map(|o| now.saturating_duration_since(o.1).as_secs_f64()),
-                })
-            })
-            .collect();
-        views.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        views
-    }
-
-    /// When the oldest unfinished event entered the pipeline.
-    pub fn oldest_admitted(&self) -> Option<Instant> {
-        self.events.values().map(|e| e.admitted).min()
-    }
-
     pub fn deletions_pending(&self) -> usize {
         self.deletions.open_len()
     }
 }
+
+mod partitions;
 
 #[cfg(test)]
 mod tests;

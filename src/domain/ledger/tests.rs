@@ -306,3 +306,40 @@ fn audit_sources_name_the_cloudevent_of_each_event() {
     let pr = l.admit(&p, 2, record, Decoded::Delete(request), now);
     assert_eq!(pr.audits[0].sources, vec![source(&p, 2, Some(ce))]);
 }
+
+#[test]
+fn a_run_of_skipped_offsets_moves_the_watermark_but_never_past_an_unfinished_event() {
+    let p = PartitionId::new("t", 0);
+    let mut l = ledger(10);
+    let now = Instant::now();
+    l.assign(p.clone());
+    let mut pr = Progress::default();
+    l.skip_run(&p, 0, 999, &mut pr);
+    assert_eq!(pr.skipped, 1000);
+    assert_eq!(l.events_in_memory(), 0, "skips are not remembered");
+    assert_eq!(commit(&mut l), vec![(p.clone(), 1000)]);
+
+    // A deletion at 1000 holds the commit while skips run on behind it.
+    let batches = l
+        .admit(
+            &p,
+            1000,
+            RawRecord::default(),
+            delete("eu1", &[(I, "a")]),
+            now,
+        )
+        .batches;
+    assert!(batches.is_empty(), "the batch lingers");
+    let mut pr = Progress::default();
+    l.skip_run(&p, 1001, 4999, &mut pr);
+    assert!(commit(&mut l).is_empty(), "1000 is unfinished: nothing moves");
+    let batch = l.take_all_batches().pop().expect("one batch");
+    assert_eq!(l.deleted(&batch, now).finished, vec![Finish::Deleted]);
+    assert_eq!(commit(&mut l), vec![(p.clone(), 5000)]);
+
+    // Read again (a rebalance gave the partition back): counted as redelivered.
+    let mut pr = Progress::default();
+    l.skip_run(&p, 4990, 5009, &mut pr);
+    assert_eq!(pr.redelivered, 10);
+    assert_eq!(commit(&mut l), vec![(p, 5010)]);
+}
