@@ -25,7 +25,9 @@
 //!
 //! Environment: BENCH_EVENTS (default 1000000 per topic), BENCH_PARTITIONS
 //! (48: the mock cluster keeps about 5 MB per partition), BENCH_LATENCY_MS (50), BENCH_MAX_EVENTS_IN_MEMORY (daemon default),
-//! BENCH_COMMIT_MS (100), BENCH_BROKER (`mock`, `local-kafka`, or
+//! BENCH_COMMIT_MS (100), BENCH_KAFKA_PROPS (extra librdkafka properties
+//! for the daemon and the plain consumer, `key=value,...`), BENCH_EXTRA_TOML (more daemon
+//! configuration, sections not set by the bench; `\n` for new lines), BENCH_BROKER (`mock`, `local-kafka`, or
 //! both when unset), KAFKA_BROKERS (an existing cluster instead of both; the
 //! bench creates its topics), BENCH_WORKLOADS (comma-separated subset of
 //! `deletions,skip,repeats`). Writes `target/bench-throughput.json`.
@@ -106,10 +108,23 @@ fn consumer_settings(brokers: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "10000")
         .set("fetch.queue.backoff.ms", "20");
+    for (k, v) in extra_kafka_props() {
+        c.set(k, v);
+    }
     c
+}
+
+/// BENCH_KAFKA_PROPS as pairs: given to the daemon and the plain consumer alike.
+fn extra_kafka_props() -> Vec<(String, String)> {
+    std::env::var("BENCH_KAFKA_PROPS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// The plain consumer: reads every message; returns seconds from the first
@@ -156,6 +171,16 @@ fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> Daemo
          [batch]\nlinger_ms = 50\n[api]\nmax_concurrency = {MAX_CONCURRENCY}\n\
          [pipeline]\ncommit_interval_ms = {commit_ms}\nrebalance_drain_timeout_ms = 5000\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"
     );
+    // Extra librdkafka properties for the daemon, "key=value,key=value"
+    // (to try other prefetch bounds).
+    let lines: String = extra_kafka_props()
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+        .collect();
+    text = text.replace(
+        "[kafka.properties]\n",
+        &format!("[kafka.properties]\n{lines}"),
+    );
     if let Ok(max) = std::env::var("BENCH_MAX_EVENTS_IN_MEMORY") {
         text = text.replace(
             "[pipeline]\n",
@@ -166,6 +191,12 @@ fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> Daemo
         text.push_str(&format!(
             "[regions.{r}]\naccount_id = \"B-{r}\"\npasscode = \"bench-{r}\"\nendpoint = \"{endpoint}\"\n"
         ));
+    }
+    // More configuration for the daemon, as TOML sections not set above
+    // (`[dedup]`, say), to try other settings.
+    if let Ok(extra) = std::env::var("BENCH_EXTRA_TOML") {
+        text.push_str(&extra.replace("\\n", "\n"));
+        text.push('\n');
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bench.toml");

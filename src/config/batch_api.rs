@@ -69,7 +69,7 @@ pub struct DedupSettings {
 impl Default for DedupSettings {
     fn default() -> Self {
         DedupSettings {
-            recent_capacity: 200_000,
+            recent_capacity: 100_000,
             recent_ttl_secs: 3_600,
         }
     }
@@ -90,7 +90,7 @@ pub struct PipelineSettings {
 impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
-            max_events_in_memory: 20_000,
+            max_events_in_memory: 10_000,
             commit_interval_ms: 1_000,
             shutdown_timeout_ms: 30_000,
             rebalance_drain_timeout_ms: 10_000,

@@ -21,8 +21,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
         // Bound librdkafka's prefetch so memory stays flat while paused.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "10000")
         // When the prefetch bound is hit, librdkafka waits this long before
         // fetching again (default 1000 ms): with a bound this small that wait,
         // not the broker, would set the pace.

@@ -332,7 +332,10 @@ fn a_run_of_skipped_offsets_moves_the_watermark_but_never_past_an_unfinished_eve
     assert!(batches.is_empty(), "the batch lingers");
     let mut pr = Progress::default();
     l.skip_run(&p, 1001, 4999, &mut pr);
-    assert!(commit(&mut l).is_empty(), "1000 is unfinished: nothing moves");
+    assert!(
+        commit(&mut l).is_empty(),
+        "1000 is unfinished: nothing moves"
+    );
     let batch = l.take_all_batches().pop().expect("one batch");
     assert_eq!(l.deleted(&batch, now).finished, vec![Finish::Deleted]);
     assert_eq!(commit(&mut l), vec![(p.clone(), 5000)]);
