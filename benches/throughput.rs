@@ -10,7 +10,9 @@
 //!
 //! And on the deletions topic, the API-bound case: the fake answers after
 //! 50 ms, compared with the API's ceiling
-//! `accounts * max_concurrency * 100 ids / 0.05 s`.
+//! `accounts * max_concurrency * 100 ids / 0.05 s`; and scale-out: 2 and 3
+//! replicas in one group against the instant API, timed from the moment the
+//! last replica read its first message, compared with one replica.
 //!
 //! The cases run on each broker, one after the other: librdkafka's mock
 //! cluster (in a child process), then Apache Kafka 4.4.0 (a 1-node cluster
@@ -30,7 +32,7 @@
 //! configuration, sections not set by the bench; `\n` for new lines), BENCH_BROKER (`mock`, `local-kafka`, or
 //! both when unset), KAFKA_BROKERS (an existing cluster instead of both; the
 //! bench creates its topics), BENCH_WORKLOADS (comma-separated subset of
-//! `deletions,skip,repeats`). Writes `target/bench-throughput.json`.
+//! `deletions,skip,repeats`), BENCH_REPLICAS (`2,3`). Writes `target/bench-throughput.json`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -160,11 +162,15 @@ struct DaemonRun {
 }
 
 /// The daemon binary until every offset of `topic` is committed.
-fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> DaemonRun {
-    let port = free_port();
+/// The daemon's configuration file for the bench (the directory holds it).
+fn daemon_config(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    endpoint: &str,
+    port: u16,
+) -> tempfile::TempDir {
     let commit_ms: u64 = env_or("BENCH_COMMIT_MS", 100);
-    let (total, partitions, end) = (topic.total, topic.end.len() as i32, &topic.end);
-    let topic = topic.topic.as_str();
     let mut text = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\ndlq_topic = \"{topic}.dlq\"\n\
          [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
@@ -201,7 +207,12 @@ fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> Daemo
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, text).expect("config");
-    let child = Reaped(
+    dir
+}
+
+fn spawn_daemon(config: &tempfile::TempDir) -> Reaped {
+    let path = config.path().join("bench.toml");
+    Reaped(
         Command::new(DAEMON)
             .args(["run", "--config", path.to_str().expect("utf-8 path")])
             .stdin(Stdio::null())
@@ -209,42 +220,88 @@ fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> Daemo
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the daemon"),
-    );
-    let pid = child.0.id().to_string();
-    let consumed = format!("clevertap_deleter_events_consumed_total{{topic=\"{topic}\"}}");
+    )
+}
+
+/// The daemon binary until every offset of `topic` is committed.
+fn daemon(brokers: &str, topic: &Produced, group: &str, endpoint: &str) -> DaemonRun {
+    let run = replicas(brokers, topic, group, endpoint, 1);
+    DaemonRun {
+        seconds: run.seconds,
+        cpu_per_million: run.cpu_seconds / topic.total as f64 * 1e6,
+        peak_rss: run.peak_rss,
+    }
+}
+
+struct ReplicasRun {
+    /// From the moment every replica had read its first message.
+    seconds: f64,
+    /// Events committed in that time.
+    events: usize,
+    /// CPU seconds of all replicas in that time.
+    cpu_seconds: f64,
+    /// The largest peak RSS of the replicas.
+    peak_rss: f64,
+}
+
+/// `n` daemons in one group until every offset of `topic` is committed,
+/// timed from the moment the last of them read its first message (so the
+/// joins and the rebalances they cause are not counted).
+fn replicas(brokers: &str, topic: &Produced, group: &str, endpoint: &str, n: usize) -> ReplicasRun {
+    let (partitions, end) = (topic.end.len() as i32, &topic.end);
+    let name = topic.topic.as_str();
+    let mut daemons = Vec::new();
+    for _ in 0..n {
+        let port = free_port();
+        let config = daemon_config(brokers, name, group, endpoint, port);
+        let child = spawn_daemon(&config);
+        let pid = child.0.id().to_string();
+        daemons.push((config, child, pid, port));
+    }
+    let consumed = format!("clevertap_deleter_events_consumed_total{{topic=\"{name}\"}}");
     let reader = committed_reader(brokers, group);
     let started = Instant::now();
-    let mut first: Option<Instant> = None;
-    // CPU spent before the first message (start, group join, this bench's
-    // scrapes of /metrics) is not the drain's.
-    let mut cpu_at_first = 0.0;
+    let mut reading = vec![false; n];
+    // CPU spent before (start, group join, this bench's scrapes of
+    // /metrics) is not the drain's.
+    let mut at_start: Option<(Instant, i64, f64)> = None;
     loop {
         assert!(
             started.elapsed() < Duration::from_secs(900),
             "daemon did not finish"
         );
-        if first.is_none() {
-            if scrape(port, &consumed) > 0.0 {
-                first = Some(Instant::now());
-                cpu_at_first = cpu_seconds(&pid);
+        if at_start.is_none() {
+            for (i, (_, _, _, port)) in daemons.iter().enumerate() {
+                reading[i] = reading[i] || scrape(*port, &consumed) > 0.0;
+            }
+            if reading.iter().all(|r| *r) {
+                let done: i64 = committed(&reader, name, partitions)
+                    .iter()
+                    .map(|o| o.max(&0))
+                    .sum();
+                let cpu: f64 = daemons.iter().map(|d| cpu_seconds(&d.2)).sum();
+                at_start = Some((Instant::now(), done, cpu));
             }
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        if committed(&reader, topic, partitions) == *end {
+        if committed(&reader, name, partitions) == *end {
             break;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    let seconds = first.expect("started").elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&pid) - cpu_at_first;
-    let peak_rss = status_mib(&pid, "VmHWM:");
-    drop(child);
-    DaemonRun {
-        seconds,
-        cpu_per_million: cpu / total as f64 * 1e6,
-        peak_rss,
-    }
+    let (t0, done0, cpu0) = at_start.expect("started");
+    let run = ReplicasRun {
+        seconds: t0.elapsed().as_secs_f64(),
+        events: (end.iter().sum::<i64>() - done0) as usize,
+        cpu_seconds: daemons.iter().map(|d| cpu_seconds(&d.2)).sum::<f64>() - cpu0,
+        peak_rss: daemons
+            .iter()
+            .map(|d| status_mib(&d.2, "VmHWM:"))
+            .fold(0.0, f64::max),
+    };
+    drop(daemons);
+    run
 }
 
 async fn fake(latency: Duration) -> FakeCleverTap {
@@ -262,6 +319,17 @@ async fn fake(latency: Duration) -> FakeCleverTap {
     })
     .await
     .expect("fake api")
+}
+
+/// BENCH_REPLICAS: the replica counts of the scale-out rows (default 2,3;
+/// empty for none).
+fn scale_out() -> Vec<usize> {
+    std::env::var("BENCH_REPLICAS")
+        .unwrap_or_else(|_| "2,3".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 1)
+        .collect()
 }
 
 fn workloads() -> Vec<Workload> {
@@ -463,6 +531,39 @@ fn run_on(
             met: Some(ids_per_second / ceiling_ids >= 0.95),
         });
         api.shutdown();
+
+        // Scale-out: the same drain with more replicas in one group.
+        let api = runtime.block_on(fake(Duration::ZERO));
+        let one = rate;
+        for n in scale_out() {
+            let run = replicas(
+                brokers,
+                topic,
+                &format!("bench-replicas-{n}"),
+                &api.endpoint(),
+                n,
+            );
+            let rate = run.events as f64 / run.seconds;
+            results.push(CaseResult {
+                case: format!("{n} replicas, instant API"),
+                topic: name,
+                events: run.events,
+                seconds: run.seconds,
+                events_per_second: rate,
+                ratio_to_ceiling: rate / one,
+                ceiling: "one replica".into(),
+                cpu_seconds_per_million_events: run.cpu_seconds / run.events.max(1) as f64 * 1e6,
+                peak_rss_mib: Some(run.peak_rss),
+                ids_per_api_call: None,
+                ids_per_second: None,
+                goal: format!(
+                    "grows with replicas; {:.2} cores per replica",
+                    run.cpu_seconds / run.seconds / n as f64
+                ),
+                met: None,
+            });
+        }
+        api.shutdown();
     }
     for topic in &produced {
         println!(
@@ -504,6 +605,6 @@ fn print_table(broker: &str, results: &[CaseResult]) {
     }
     println!(
         "ratio: daemon rows against the plain consumer on the same broker and topic; the \
-         API-bound row against the API's ceiling"
+         API-bound row against the API's ceiling; replica rows against one replica"
     );
 }
