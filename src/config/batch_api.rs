@@ -91,7 +91,7 @@ impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
             max_events_in_memory: 10_000,
-            commit_interval_ms: 1_000,
+            commit_interval_ms: 100,
             shutdown_timeout_ms: 30_000,
             rebalance_drain_timeout_ms: 10_000,
         }

@@ -47,7 +47,7 @@ retry_initial_ms = 20
 retry_max_ms = 500
 auth_retry_ms = 500
 [pipeline]
-commit_interval_ms = 200
+commit_interval_ms = 100
 rebalance_drain_timeout_ms = 4000
 [server]
 listen = "127.0.0.1:{port}"
