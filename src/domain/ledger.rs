@@ -210,7 +210,9 @@ impl Ledger {
             Decoded::Delete(request) => request,
         };
 
-        let event = self.insert(partition, offset, record, now);
+        // The event enters the map only if it waits for something (below).
+        let event = self.next_event;
+        self.next_event += 1;
         let mut remaining = 0;
         let mut requested = false;
         let mut already: Vec<(IdKind, Arc<str>)> = Vec::new();
@@ -236,6 +238,14 @@ impl Ledger {
                 }
             }
         }
+        if remaining == 0 && already.is_empty() {
+            // Every id already deleted, nothing to audit: it finishes here,
+            // without entering the event map (the repeat path's cost).
+            self.offsets.finish(partition, offset);
+            progress.finished.push(Finish::Deduplicated);
+            return;
+        }
+        self.insert_as(event, partition, offset, record, now);
         let pending = self.events.get_mut(&event).expect("just inserted");
         pending.remaining = remaining;
         pending.requested_deletion = requested;
@@ -277,6 +287,18 @@ impl Ledger {
     ) -> EventId {
         let id = self.next_event;
         self.next_event += 1;
+        self.insert_as(id, partition, offset, record, now);
+        id
+    }
+
+    fn insert_as(
+        &mut self,
+        id: EventId,
+        partition: &PartitionId,
+        offset: i64,
+        record: RawRecord,
+        now: Instant,
+    ) {
         self.events.insert(
             id,
             PendingEvent {
@@ -291,7 +313,6 @@ impl Ledger {
                 cloud_event: None,
             },
         );
-        id
     }
 
     /// CleverTap answered success for every id of `batch`. Audit on: the

@@ -346,3 +346,22 @@ fn a_run_of_skipped_offsets_moves_the_watermark_but_never_past_an_unfinished_eve
     assert_eq!(pr.redelivered, 10);
     assert_eq!(commit(&mut l), vec![(p, 5010)]);
 }
+
+#[test]
+fn a_repeat_of_a_deleted_id_finishes_at_once_and_moves_the_watermark() {
+    let p = PartitionId::new("t", 0);
+    let mut l = ledger(10);
+    let now = Instant::now();
+    l.assign(p.clone());
+    l.admit(&p, 0, RawRecord::default(), delete("eu1", &[(I, "a")]), now);
+    let batch = l.take_all_batches().pop().expect("one batch");
+    l.deleted(&batch, now);
+    let pr = l.admit(&p, 1, RawRecord::default(), delete("eu1", &[(I, "a")]), now);
+    assert_eq!(pr.finished, vec![Finish::Deduplicated]);
+    assert!(
+        pr.batches.is_empty() && l.take_all_batches().is_empty(),
+        "no request"
+    );
+    assert_eq!(l.events_in_memory(), 0);
+    assert_eq!(commit(&mut l), vec![(p, 2)]);
+}
