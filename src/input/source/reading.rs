@@ -80,6 +80,11 @@ pub(super) fn consume(
             for (p, start) in assigned.iter().zip(starts) {
                 *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start;
             }
+            // librdkafka keeps a partition's pause through a revoke: one paused
+            // by an earlier hard pause and given back later would never be
+            // fetched again (seen as partitions stuck after a rebalance under
+            // backpressure). Every assignment gets the current state.
+            set_paused(&consumer, hard_paused);
         }
         loop {
             match commands.try_recv() {
