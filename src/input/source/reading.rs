@@ -41,6 +41,7 @@ pub(super) fn consume(
     let consumer = Arc::new(consumer);
     let mut held_since: Option<std::time::Instant> = None;
     let mut hard_paused = false;
+    let mut ever_hard_paused = false;
     // Per topic, once: the shared name, the consumed counter, and per
     // partition the offset expected next (to notice records lost unread).
     let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
@@ -83,8 +84,12 @@ pub(super) fn consume(
             // librdkafka keeps a partition's pause through a revoke: one paused
             // by an earlier hard pause and given back later would never be
             // fetched again (seen as partitions stuck after a rebalance under
-            // backpressure). Every assignment gets the current state.
-            set_paused(&consumer, hard_paused);
+            // backpressure). After any hard pause, every assignment gets the
+            // current state; never before (a resume racing a fresh partition's
+            // first offset lookup stalled it in one test run of two).
+            if ever_hard_paused {
+                set_paused(&consumer, hard_paused);
+            }
         }
         loop {
             match commands.try_recv() {
@@ -107,6 +112,7 @@ pub(super) fn consume(
             }
             if !hard_paused && since.elapsed() >= HARD_PAUSE_AFTER {
                 hard_paused = true;
+                ever_hard_paused = true;
                 set_paused(&consumer, true);
             }
             if !hard_paused {
