@@ -4,12 +4,14 @@
 //!
 //! Parts: `clients` (librdkafka settings, the offline check), `coordinator`
 //! (the loop and its handlers), `upkeep` (revokes, commits, backpressure, gauges),
-//! `shares` (the account budget's share, reloaded secrets).
+//! `shares` (the account budget's share, reloaded secrets), `warm_start` (the
+//! dedup memory read back at start).
 
 mod clients;
 mod coordinator;
 mod shares;
 mod upkeep;
+mod warm_start;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +31,7 @@ use crate::domain::revokes::RevokeQueue;
 use crate::input::decode::EventDecoder;
 use crate::input::partition_count;
 use crate::input::source::{self, SourceCommand, SourceSettings};
+use crate::input::warm;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::secret_reload::{self, ReloadTrigger, SecretWatcher};
@@ -148,7 +151,20 @@ pub async fn run(
     };
     tokio::spawn(secret_reload::watch(watcher, interval, reload, reloads_tx));
 
-    let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The memory of what was deleted before this start is read back beside
+    // the consumer, which is held (joined, paused) until it is in.
+    let fingerprint = warm::decoding_fingerprint(&config);
+    let warming = warm_start::enabled(&config);
+    let (warmed_tx, warmed) = mpsc::unbounded_channel();
+    if warming {
+        let (config, fingerprint, metrics) = (config.clone(), fingerprint.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let deletions = warm_start::recent_deletions(&config, &fingerprint, &metrics).await;
+            let _ = warmed_tx.send(deletions);
+        });
+    }
+
+    let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(warming));
     let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);
     let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
     let source = source::start(
@@ -158,6 +174,8 @@ pub async fn run(
             decoder: EventDecoder::new(&s.event, &config.regions),
             revoke_timeout: drain_timeout,
             intake_held: intake_held.clone(),
+            commit_metadata: fingerprint,
+            start_held: warming,
         },
         events_tx,
         metrics.clone(),
@@ -188,7 +206,8 @@ pub async fn run(
         commands: source.commands.clone(),
         metrics,
         health: health.clone(),
-        paused: false,
+        paused: warming,
+        warming,
         finished_counters,
         intake_held,
         pause_at: max_events,
@@ -214,6 +233,7 @@ pub async fn run(
                 views,
                 reloads,
                 partition_counts,
+                warmed,
             },
             shutdown,
             Duration::from_millis(s.pipeline.commit_interval_ms),

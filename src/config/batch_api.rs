@@ -64,6 +64,11 @@ pub struct DedupSettings {
     /// How many recently deleted ids are remembered to finish repeats at once.
     pub recent_capacity: usize,
     pub recent_ttl_secs: u64,
+    /// Events read back at start from below the committed offsets to fill
+    /// that memory (0: none), shared by the partitions.
+    pub warm_events: usize,
+    /// How long that reading may take before the daemon starts without it.
+    pub warm_timeout_ms: u64,
 }
 
 impl Default for DedupSettings {
@@ -71,6 +76,8 @@ impl Default for DedupSettings {
         DedupSettings {
             recent_capacity: 100_000,
             recent_ttl_secs: 3_600,
+            warm_events: 100_000,
+            warm_timeout_ms: 15_000,
         }
     }
 }

@@ -251,6 +251,21 @@ impl<W> DeletionTable<W> {
         waiters
     }
 
+    /// Remembers `key` as confirmed at `at`, before this process started
+    /// (read back from below a committed offset), unless the table holds it
+    /// already: an open deletion keeps its waiters. Call oldest first.
+    pub fn remember(&mut self, key: DeletionKey, at: Instant) {
+        let hash = self.hash(&key);
+        if self.find(hash, &key).is_some() {
+            return;
+        }
+        let seq = self.first_seq + self.expiry.len() as u64;
+        self.insert(hash, key, Slot::Deleted { seq });
+        self.deleted += 1;
+        self.expiry.push_back(ExpiryEntry { hash, at });
+        self.expire(at);
+    }
+
     /// CleverTap rejected `key`: returns its waiters; nothing is remembered.
     pub fn reject(&mut self, key: &DeletionKey) -> Waiters<W> {
         let hash = self.hash(key);
@@ -340,6 +355,24 @@ mod tests {
         );
         assert_eq!(t.admit(&key("a"), 3, t0), Admission::AlreadyDeleted);
         assert_eq!((t.open_len(), t.deleted_len()), (0, 1));
+    }
+
+    #[test]
+    fn remembered_deletions_keep_their_age_and_never_touch_open_ones() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let mut t: DeletionTable<u32> = DeletionTable::new(10, Duration::from_secs(10));
+        t.admit(&key("open"), 1, now);
+        t.remember(key("old"), now - Duration::from_secs(11));
+        t.remember(key("recent"), now - Duration::from_secs(9));
+        t.remember(key("open"), now - Duration::from_secs(1));
+        assert_eq!(t.admit(&key("recent"), 2, now), Admission::AlreadyDeleted);
+        assert_eq!(t.admit(&key("old"), 3, now), Admission::Requested);
+        // The open deletion still has its waiter, and is not "deleted".
+        assert_eq!(t.waiters(&key("open")).collect::<Vec<_>>(), [&1]);
+        assert_eq!(t.admit(&key("open"), 4, now), Admission::Joined);
+        // Two seconds on, the one remembered 9 s ago has expired.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(t.admit(&key("recent"), 5, later), Admission::Requested);
     }
 
     #[test]

@@ -315,6 +315,18 @@ impl Ledger {
         );
     }
 
+    /// Deletions confirmed before this process started, oldest first:
+    /// repeats of them finish at once, as if confirmed here. An id already
+    /// known (open or confirmed) is left as it is.
+    pub fn remember_deleted(
+        &mut self,
+        deletions: impl IntoIterator<Item = (DeletionKey, Instant)>,
+    ) {
+        for (key, at) in deletions {
+            self.deletions.remember(key, at);
+        }
+    }
+
     /// CleverTap answered success for every id of `batch`. Audit on: the
     /// events waiting on it finish only once the audit record in
     /// `progress.audits` is acknowledged; repeats admitted meanwhile find the

@@ -106,6 +106,12 @@ pub struct SourceSettings {
     pub revoke_timeout: Duration,
     /// Set by the pipeline while it holds too many events: stop reading.
     pub intake_held: Arc<AtomicBool>,
+    /// Stored with every commit (see `warm::decoding_fingerprint`).
+    pub commit_metadata: String,
+    /// Start with intake held and partitions paused from their assignment
+    /// on (the group is joined, nothing is read) until the pipeline lets go
+    /// of `intake_held`: the dedup memory is being read back.
+    pub start_held: bool,
 }
 
 /// Records per chunk sent to the pipeline.
@@ -135,6 +141,9 @@ struct SourceContext {
     link: KafkaLinkLog,
     /// `consumer_lag_messages` of the assigned partitions (see `lag`).
     lag: LagTracker,
+    /// Stored with every commit: says the offsets were committed by this
+    /// daemon decoding as now (see `warm`).
+    commit_metadata: String,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -144,11 +153,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
         .collect()
 }
 
-fn offsets_list(marks: &[(PartitionId, i64)]) -> TopicPartitionList {
+fn offsets_list(marks: &[(PartitionId, i64)], metadata: &str) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (p, offset) in marks {
-        // add_partition_offset only fails for invalid offsets; ours are >= 0.
-        let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(*offset));
+        let mut e = tpl.add_partition(&p.topic, p.partition);
+        // set_offset only fails for invalid offsets; ours are >= 0.
+        let _ = e.set_offset(Offset::Offset(*offset));
+        e.set_metadata(metadata);
     }
     tpl
 }
@@ -202,7 +213,7 @@ impl SourceContext {
         if marks.is_empty() {
             return;
         }
-        let tpl = offsets_list(&marks);
+        let tpl = offsets_list(&marks, &self.commit_metadata);
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.record_commit(&result, &tpl);
         let _ = self.send_in_order(SourceEvent::Committed {
@@ -341,6 +352,7 @@ pub fn start(
             .get("group.instance.id")
             .is_some_and(|id| !id.is_empty()),
         link: KafkaLinkLog::new("consumer"),
+        commit_metadata: settings.commit_metadata,
     };
     let consumer: BaseConsumer<SourceContext> =
         settings.client_config.create_with_context(context)?;
@@ -349,6 +361,7 @@ pub fn start(
     let (commands, command_rx) = std_mpsc::channel();
     let decoder = settings.decoder;
     let intake_held = settings.intake_held;
+    let start_held = settings.start_held;
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
         .spawn(move || {
@@ -358,6 +371,7 @@ pub fn start(
                 command_rx,
                 metrics,
                 intake_held,
+                start_held,
                 lag_every,
             )
         })

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub records_lost: IntCounterVec,
     pub account_concurrency_share: IntGaugeVec,
     pub secret_reloads: IntCounterVec,
+    pub dedup_warmed_ids: IntGauge,
+    pub dedup_warm_failures: IntCounter,
 }
 
 /// The writers of `kafka_write_failures_total` and `kafka_writes_held`.
@@ -290,6 +292,16 @@ impl Metrics {
                 "Secret files re-read after a change (or SIGHUP), by kind (region_passcode, audit_salt, kafka_property) and result (success; failure: the old value stays; restart_required: the new value applies after a restart).",
                 &["secret", "result"]
             )),
+            dedup_warmed_ids: reg!(IntGauge::with_opts(opts(
+                "dedup_warmed_ids",
+                "Ids remembered as deleted at start, read back from below the committed offsets (dedup.warm_events); 0 on a first start, with other decoding settings, or when the read failed."
+            ))
+            .expect("valid metric")),
+            dedup_warm_failures: reg!(IntCounter::with_opts(opts(
+                "dedup_warm_failures_total",
+                "Start-up read-backs of the recent past that failed or timed out (the daemon then starts with an empty memory; the log says why)."
+            ))
+            .expect("valid metric")),
             registry: registry.clone(),
         };
         let build = IntGaugeVec::new(

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::pipeline::PipelineError;
 use crate::clevertap::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::batch::API_MAX_IDS;
+use crate::domain::dedup::DeletionKey;
 use crate::domain::ids::RegionName;
 use crate::domain::ledger::{
     merge_already_deleted, AuditDue, AuditStatus, EventId, Ledger, Progress,
@@ -42,6 +43,8 @@ pub(super) struct Coordinator {
     pub(super) metrics: Metrics,
     pub(super) health: Health,
     pub(super) paused: bool,
+    /// The dedup memory is being read back: intake stays held until it is in.
+    pub(super) warming: bool,
     /// `events_finished_total` by outcome, looked up once (per-event path).
     pub(super) finished_counters: [prometheus::IntCounter; 4],
     /// Shared with the consumer thread: set while too many events are held.
@@ -108,6 +111,8 @@ pub(super) struct Inputs {
     pub(super) reloads: mpsc::UnboundedReceiver<SecretUpdate>,
     /// Partitions of the subscribed topics, read after assignments.
     pub(super) partition_counts: mpsc::UnboundedReceiver<usize>,
+    /// The deletions read back at start (always sent once, empty on failure).
+    pub(super) warmed: mpsc::UnboundedReceiver<Vec<(DeletionKey, Instant)>>,
 }
 
 impl Coordinator {
@@ -126,6 +131,7 @@ impl Coordinator {
             mut views,
             mut reloads,
             mut partition_counts,
+            mut warmed,
         } = inputs;
         tokio::pin!(shutdown);
         let mut commit_tick = tokio::time::interval(commit_interval);
@@ -189,6 +195,7 @@ impl Coordinator {
                 _ = tokio::time::sleep(SETTLE_POLL), if !self.settling.is_empty() => {}
                 Some(update) = reloads.recv() => self.on_reload(update),
                 Some(total) = partition_counts.recv() => self.on_partition_count(total),
+                Some(deletions) = warmed.recv(), if self.warming => self.on_warmed(deletions),
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
                 Some(reply) = views.recv() => {
                     let _ = reply.send(crate::ops::status::PipelineView {

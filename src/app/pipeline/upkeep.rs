@@ -68,7 +68,7 @@ impl Coordinator {
     /// `queued`: records decoded and waiting in the channel, counted too so
     /// the pause comes before they are admitted.
     pub(super) fn apply_backpressure(&mut self, stopping: bool, queued: usize) {
-        if stopping {
+        if stopping || self.warming {
             return;
         }
         let held = self.ledger.events_in_memory() + queued;

@@ -36,12 +36,17 @@ pub(super) fn consume(
     commands: std_mpsc::Receiver<SourceCommand>,
     metrics: Metrics,
     intake_held: Arc<AtomicBool>,
+    start_held: bool,
     lag_every: Duration,
 ) {
     let consumer = Arc::new(consumer);
-    let mut held_since: Option<std::time::Instant> = None;
-    let mut hard_paused = false;
-    let mut ever_hard_paused = false;
+    // Held from the start: paused at once, so the thread polls (joins the
+    // group, serves rebalances) and every assignment is paused until resumed.
+    let mut held_since: Option<std::time::Instant> = start_held.then(std::time::Instant::now);
+    let mut hard_paused = start_held;
+    // Partitions this consumer ever paused: librdkafka keeps a pause through
+    // a revoke, so one given back later must be resumed explicitly.
+    let mut ever_paused: std::collections::HashSet<(Arc<str>, i32)> = Default::default();
     // Per topic, once: the shared name, the consumed counter, and per
     // partition the offset expected next (to notice records lost unread).
     let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
@@ -84,11 +89,18 @@ pub(super) fn consume(
             // librdkafka keeps a partition's pause through a revoke: one paused
             // by an earlier hard pause and given back later would never be
             // fetched again (seen as partitions stuck after a rebalance under
-            // backpressure). After any hard pause, every assignment gets the
-            // current state; never before (a resume racing a fresh partition's
-            // first offset lookup stalled it in one test run of two).
-            if ever_hard_paused {
-                set_paused(&consumer, hard_paused);
+            // backpressure). While paused, every assignment is paused; else
+            // only partitions paused before are resumed, never a fresh one (a
+            // resume racing a fresh partition's first offset lookup stalled it
+            // in one test run of two).
+            if hard_paused {
+                set_paused(&consumer, true, &mut ever_paused);
+            } else {
+                let again: Vec<&PartitionId> = assigned
+                    .iter()
+                    .filter(|p| ever_paused.contains(&(p.topic.clone(), p.partition)))
+                    .collect();
+                resume(&consumer, &again);
             }
         }
         loop {
@@ -112,8 +124,7 @@ pub(super) fn consume(
             }
             if !hard_paused && since.elapsed() >= HARD_PAUSE_AFTER {
                 hard_paused = true;
-                ever_hard_paused = true;
-                set_paused(&consumer, true);
+                set_paused(&consumer, true, &mut ever_paused);
             }
             if !hard_paused {
                 std::thread::sleep(Duration::from_millis(2));
@@ -124,7 +135,7 @@ pub(super) fn consume(
         } else if held_since.take().is_some() {
             if hard_paused {
                 hard_paused = false;
-                set_paused(&consumer, false);
+                set_paused(&consumer, false, &mut ever_paused);
             }
             metrics.consumer_paused.set(0);
         }
@@ -273,15 +284,34 @@ fn topic_state<'a>(
 
 /// Pauses or resumes every assigned partition; partitions assigned later
 /// follow the same state (see `post_rebalance`).
-fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
+/// Pauses or resumes the whole assignment; remembers what it paused.
+fn set_paused(
+    consumer: &BaseConsumer<SourceContext>,
+    pause: bool,
+    ever_paused: &mut std::collections::HashSet<(Arc<str>, i32)>,
+) {
     consumer.context().paused.store(pause, Ordering::Relaxed);
     if let Ok(a) = consumer.assignment() {
         let _ = if pause {
+            for e in a.elements() {
+                ever_paused.insert((e.topic().into(), e.partition()));
+            }
             consumer.pause(&a)
         } else {
             consumer.resume(&a)
         };
     }
+}
+
+fn resume(consumer: &BaseConsumer<SourceContext>, partitions: &[&PartitionId]) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let _ = consumer.resume(&tpl);
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -310,7 +340,8 @@ fn carry_out(
             }
         }
         SourceCommand::Pause => {
-            set_paused(consumer, true);
+            // For good (shutdown): nothing to resume later.
+            set_paused(consumer, true, &mut Default::default());
             metrics.consumer_paused.set(1);
         }
         SourceCommand::Stop { final_commit, done } => {
