@@ -120,3 +120,53 @@ async fn warm_events_0_turns_the_read_back_off() {
     second.stop().await.unwrap();
     assert!(s.api.deletion_counts().values().all(|n| *n == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_but_not_committed_is_not_written_twice() {
+    let s = setup(1, 15).await;
+    let dlq = format!("{}.dlq", s.topic);
+    s.kafka
+        .produce(&s.topic, &simple_events(10, |_| "eu1"), |_| 0)
+        .await;
+    let first = start(&s.toml(FAST));
+    s.wait_committed(vec![10], Duration::from_secs(30)).await;
+    first.stop().await.unwrap();
+
+    // Offset 10 cannot be deleted yet (500s), offset 11 is poison: its dead
+    // letter is written, but the commit stays at 10 behind the first.
+    s.api.fail_ids(["hold".to_string()], 500);
+    let mut held = simple_events(2, |_| "eu1");
+    held[0].payload = br#"{"type":"user-deleted","region":"eu1","identity":"hold"}"#.to_vec();
+    held[1].payload = b"not json".to_vec();
+    s.kafka.produce(&s.topic, &held, |_| 0).await;
+    let quick = format!("{FAST}\n[pipeline]\nshutdown_timeout_ms = 200");
+    let second = start(&s.toml(&quick));
+    wait_for("the poison's dead letter", Duration::from_secs(30), || {
+        let n = s
+            .kafka
+            .read_all(&dlq, 1, 1, Duration::from_millis(500))
+            .len();
+        async move { n == 1 }
+    })
+    .await;
+    second.stop().await.unwrap();
+    assert_eq!(s.committed(1), vec![10], "the held event keeps the commit");
+
+    // The API recovers; the restart reads both again.
+    s.api.clear_failing_ids();
+    let third = start(&s.toml(FAST));
+    s.wait_committed(vec![12], Duration::from_secs(30)).await;
+    let metrics = third.metrics.render();
+    third.stop().await.unwrap();
+    assert!(deleted_identity(&s.api, "eu1", "hold"));
+    assert_eq!(
+        metric(
+            &metrics,
+            "clevertap_deleter_dead_letters_found_written_total"
+        ),
+        1.0
+    );
+    let letters = s.kafka.read_all(&dlq, 1, 2, Duration::from_secs(3));
+    assert_eq!(letters.len(), 1, "written once");
+    assert_eq!(letters[0].headers["reason"], "not_json");
+}

@@ -159,8 +159,8 @@ pub async fn run(
     if warming {
         let (config, fingerprint, metrics) = (config.clone(), fingerprint.clone(), metrics.clone());
         tokio::spawn(async move {
-            let deletions = warm_start::recent_deletions(&config, &fingerprint, &metrics).await;
-            let _ = warmed_tx.send(deletions);
+            let recalled = warm_start::recall(&config, &fingerprint, &metrics).await;
+            let _ = warmed_tx.send(recalled);
         });
     }
 

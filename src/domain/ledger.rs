@@ -74,6 +74,9 @@ pub struct Progress {
     /// Events that finished as [`Finish::Skipped`] (counted, not listed:
     /// on a busy topic of other types they are most events).
     pub skipped: u64,
+    /// Events finished because their dead letter was already written
+    /// before this start (also in `finished` as dead-lettered).
+    pub dead_letters_found_written: u64,
 }
 
 #[derive(Debug)]
@@ -123,6 +126,9 @@ pub struct Ledger {
     /// Highest offset admitted per partition in this process; survives revokes.
     highest_seen: HashMap<PartitionId, i64>,
     audit: bool,
+    /// Dead letters written before this start for events not committed yet
+    /// (see `written`).
+    written_dead_letters: HashMap<(PartitionId, i64), u64>,
 }
 
 impl Ledger {
@@ -135,6 +141,7 @@ impl Ledger {
             batcher: RegionBatcher::new(s.capacity, s.linger),
             highest_seen: HashMap::default(),
             audit: s.audit,
+            written_dead_letters: HashMap::default(),
         }
     }
 
@@ -198,6 +205,9 @@ impl Ledger {
             }
         }
         self.offsets.track(partition, offset);
+        if self.finished_before(partition, offset, &record, &decoded, progress) {
+            return;
+        }
         let request = match decoded {
             Decoded::Skip => unreachable!("handled above"),
             Decoded::DeadLetter(rejection) => {
@@ -580,6 +590,8 @@ impl Ledger {
 }
 
 mod partitions;
+mod written;
+pub use written::record_digest;
 
 #[cfg(test)]
 mod tests;

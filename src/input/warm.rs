@@ -29,6 +29,8 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::domain::dedup::DeletionKey;
 use crate::domain::event::Decoded;
+use crate::domain::ledger::record_digest;
+use crate::domain::offsets::PartitionId;
 use crate::input::decode::EventDecoder;
 use crate::input::headers;
 use crate::output::dead_letter::headers as dead_letter_headers;
@@ -84,6 +86,10 @@ pub struct Warmed {
     pub events_read: usize,
     /// Events left out because the dead-letter topic names them.
     pub dead_lettered: usize,
+    /// Dead letters of events at or above the committed offsets (written,
+    /// not committed before the restart): partition, offset and
+    /// [`record_digest`] of the original's key and payload.
+    pub written_dead_letters: Vec<(PartitionId, i64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +104,10 @@ pub enum WarmError {
 
 /// A source position: topic, partition, offset.
 type Position = (Arc<str>, i32, i64);
+
+/// Dead letters by their event's position, with the [`record_digest`] of a
+/// whole copy (`None`: a truncated one).
+type DeadLetters = HashMap<Position, Option<u64>>;
 
 /// Offsets `[from, to)` of a partition to read.
 struct Window {
@@ -147,14 +157,15 @@ pub fn read_recent(s: &WarmSettings) -> Result<Warmed, WarmError> {
             s.max_events,
             &deadline,
         )?,
-        None => HashSet::new(),
+        None => DeadLetters::new(),
     };
     let _ = consumer.unassign();
     let dead_lettered = candidates
         .iter()
-        .filter(|c| excluded.contains(&c.position))
+        .filter(|c| excluded.contains_key(&c.position))
         .count();
     Ok(Warmed {
+        written_dead_letters: above_committed(&excluded, &windows),
         deletions: remembered(candidates, &excluded, now, s.ttl),
         partitions: windows.len(),
         events_read,
@@ -345,7 +356,7 @@ fn dead_lettered(
     since: SystemTime,
     max_scan: usize,
     deadline: &Deadline,
-) -> Result<HashSet<Position>, WarmError> {
+) -> Result<DeadLetters, WarmError> {
     let metadata = consumer.fetch_metadata(Some(topic), deadline.left("dead-letter metadata")?)?;
     let mut by_time = TopicPartitionList::new();
     for t in metadata.topics() {
@@ -362,7 +373,7 @@ fn dead_lettered(
         }
     }
     if by_time.count() == 0 {
-        return Ok(HashSet::new());
+        return Ok(DeadLetters::new());
     }
     let found = consumer.offsets_for_times(by_time, deadline.left("dead-letter offsets")?)?;
     let mut windows = Vec::new();
@@ -397,7 +408,7 @@ fn dead_lettered(
             });
         }
     }
-    let mut positions = HashSet::new();
+    let mut positions = DeadLetters::new();
     if windows.is_empty() {
         return Ok(positions);
     }
@@ -406,8 +417,9 @@ fn dead_lettered(
         if let Some(from) = unproven.remove(&m.partition()) {
             proven &= m.offset() == from && timestamp(m).is_some_and(|at| at < since);
         }
-        if let Some(position) = source_of(m) {
-            positions.insert(position);
+        if let Some((position, truncated)) = source_of(m) {
+            let digest = (!truncated).then(|| record_digest(m.key(), m.payload()));
+            positions.insert(position, digest);
         }
     })?;
     if !proven {
@@ -417,37 +429,58 @@ fn dead_lettered(
 }
 
 /// Where a dead letter's event was read: its last `source_*` headers (the
-/// original record's own headers come first and may have any names).
-fn source_of(m: &BorrowedMessage<'_>) -> Option<Position> {
+/// original record's own headers come first and may have any names), and
+/// whether it is a truncated copy.
+fn source_of(m: &BorrowedMessage<'_>) -> Option<(Position, bool)> {
     let (mut topic, mut partition, mut offset) = (None, None, None);
+    let mut truncated = false;
     for (key, value) in m.headers().into_iter().flat_map(headers::each) {
         let value = value.and_then(|v| std::str::from_utf8(v).ok());
         match key {
             k if k == dead_letter_headers::SOURCE_TOPIC.as_bytes() => topic = value,
             k if k == dead_letter_headers::SOURCE_PARTITION.as_bytes() => partition = value,
             k if k == dead_letter_headers::SOURCE_OFFSET.as_bytes() => offset = value,
+            k if k == dead_letter_headers::TRUNCATED.as_bytes() => truncated = true,
             _ => {}
         }
     }
-    Some((
+    let position = (
         topic?.into(),
         partition?.parse().ok()?,
         offset?.parse().ok()?,
-    ))
+    );
+    Some((position, truncated))
+}
+
+/// The whole dead letters of events at or above a window's end (the
+/// committed offset) of the same partition.
+fn above_committed(dead_letters: &DeadLetters, windows: &[Window]) -> Vec<(PartitionId, i64, u64)> {
+    let committed: HashMap<(&str, i32), i64> = windows
+        .iter()
+        .map(|w| ((&*w.topic, w.partition), w.to))
+        .collect();
+    dead_letters
+        .iter()
+        .filter_map(|((topic, partition, offset), digest)| {
+            let to = committed.get(&(&**topic, *partition))?;
+            let digest = (*offset >= *to).then_some(*digest)??;
+            Some((PartitionId::new(topic, *partition), *offset, digest))
+        })
+        .collect()
 }
 
 /// The ids of the events not dead-lettered, each once with its earliest
 /// date, without dates in the future or older than `ttl`, oldest first.
 fn remembered(
     candidates: Vec<Candidate>,
-    excluded: &HashSet<Position>,
+    excluded: &DeadLetters,
     now: SystemTime,
     ttl: Duration,
 ) -> Vec<(DeletionKey, SystemTime)> {
     let mut earliest: HashMap<DeletionKey, SystemTime> = HashMap::new();
     for c in candidates {
         let fresh = now.duration_since(c.at).is_ok_and(|age| age < ttl);
-        if !fresh || excluded.contains(&c.position) {
+        if !fresh || excluded.contains_key(&c.position) {
             continue;
         }
         for key in c.keys {

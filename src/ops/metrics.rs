@@ -97,6 +97,7 @@ pub struct Metrics {
     pub secret_reloads: IntCounterVec,
     pub dedup_warmed_ids: IntGauge,
     pub dedup_warm_failures: IntCounter,
+    pub dead_letters_found_written: IntCounter,
 }
 
 /// The writers of `kafka_write_failures_total` and `kafka_writes_held`.
@@ -300,6 +301,11 @@ impl Metrics {
             dedup_warm_failures: reg!(IntCounter::with_opts(opts(
                 "dedup_warm_failures_total",
                 "Start-up read-backs of the recent past that failed or timed out (the daemon then starts with an empty memory; the log says why)."
+            ))
+            .expect("valid metric")),
+            dead_letters_found_written: reg!(IntCounter::with_opts(opts(
+                "dead_letters_found_written_total",
+                "Events read again after a restart whose dead letter the process before had already written (found by the start-up read-back): finished without writing it twice."
             ))
             .expect("valid metric")),
             registry: registry.clone(),

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use crate::app::pipeline::PipelineError;
 use crate::clevertap::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::batch::API_MAX_IDS;
-use crate::domain::dedup::DeletionKey;
 use crate::domain::ids::RegionName;
 use crate::domain::ledger::{
     merge_already_deleted, AuditDue, AuditStatus, EventId, Ledger, Progress,
@@ -112,7 +111,7 @@ pub(super) struct Inputs {
     /// Partitions of the subscribed topics, read after assignments.
     pub(super) partition_counts: mpsc::UnboundedReceiver<usize>,
     /// The deletions read back at start (always sent once, empty on failure).
-    pub(super) warmed: mpsc::UnboundedReceiver<Vec<(DeletionKey, Instant)>>,
+    pub(super) warmed: mpsc::UnboundedReceiver<super::warm_start::Recalled>,
 }
 
 impl Coordinator {
@@ -195,7 +194,7 @@ impl Coordinator {
                 _ = tokio::time::sleep(SETTLE_POLL), if !self.settling.is_empty() => {}
                 Some(update) = reloads.recv() => self.on_reload(update),
                 Some(total) = partition_counts.recv() => self.on_partition_count(total),
-                Some(deletions) = warmed.recv(), if self.warming => self.on_warmed(deletions),
+                Some(recalled) = warmed.recv(), if self.warming => self.on_warmed(recalled),
                 _ = tokio::time::sleep_until(stop_deadline.unwrap_or(far).into()), if stop_deadline.is_some() => {}
                 Some(reply) = views.recv() => {
                     let _ = reply.send(crate::ops::status::PipelineView {
@@ -389,6 +388,9 @@ impl Coordinator {
     fn apply(&mut self, progress: Progress) {
         self.metrics.late_acks_dropped.inc_by(progress.late_acks);
         self.metrics.redelivered_events.inc_by(progress.redelivered);
+        self.metrics
+            .dead_letters_found_written
+            .inc_by(progress.dead_letters_found_written);
         for batch in progress.batches {
             self.dispatcher.dispatch(batch);
         }

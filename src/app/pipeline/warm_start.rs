@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::domain::dedup::DeletionKey;
+use crate::domain::offsets::PartitionId;
 use crate::input::decode::EventDecoder;
 use crate::input::warm::{self, WarmSettings};
 use crate::ops::metrics::Metrics;
@@ -21,10 +22,20 @@ pub fn enabled(config: &Config) -> bool {
     s.dedup.warm_events > 0 && s.dedup.recent_ttl_secs > 0 && !s.api.dry_run
 }
 
+/// What the read-back found, ready for the ledger.
+#[derive(Default)]
+pub struct Recalled {
+    /// Oldest first, dated on this process's clock.
+    pub deletions: Vec<(DeletionKey, Instant)>,
+    /// Dead letters written for events not committed yet.
+    pub dead_letters: Vec<(PartitionId, i64, u64)>,
+}
+
 impl Coordinator {
     /// The read-back ended (empty on failure): remember, then read.
-    pub(super) fn on_warmed(&mut self, deletions: Vec<(DeletionKey, Instant)>) {
-        self.ledger.remember_deleted(deletions);
+    pub(super) fn on_warmed(&mut self, recalled: Recalled) {
+        self.ledger.remember_deleted(recalled.deletions);
+        self.ledger.remember_dead_lettered(recalled.dead_letters);
         self.warming = false;
         self.paused = false;
         self.intake_held
@@ -32,14 +43,9 @@ impl Coordinator {
     }
 }
 
-/// The deletions to remember, oldest first, dated on this process's clock.
-/// Empty when turned off, in a dry run (nothing was deleted), or when the
-/// read fails: the daemon then starts as it would have without it.
-pub async fn recent_deletions(
-    config: &Config,
-    fingerprint: &str,
-    metrics: &Metrics,
-) -> Vec<(DeletionKey, Instant)> {
+/// The deletions and dead letters to remember. Empty when the read fails:
+/// the daemon then starts as it would have without it.
+pub async fn recall(config: &Config, fingerprint: &str, metrics: &Metrics) -> Recalled {
     let started = Instant::now();
     let (config, fingerprint) = (config.clone(), fingerprint.to_string());
     let read = tokio::task::spawn_blocking(move || {
@@ -66,12 +72,12 @@ pub async fn recent_deletions(
                 "could not read back the recent past; starting with an empty dedup memory \
                  (repeats of ids deleted before this start are sent again)"
             );
-            return Vec::new();
+            return Recalled::default();
         }
         Err(e) => {
             metrics.dedup_warm_failures.inc();
             tracing::warn!(error = %e, "the read-back of the recent past failed");
-            return Vec::new();
+            return Recalled::default();
         }
     };
     tracing::info!(
@@ -79,11 +85,15 @@ pub async fn recent_deletions(
         events_read = warmed.events_read,
         partitions = warmed.partitions,
         dead_lettered_left_out = warmed.dead_lettered,
+        dead_letters_above_commits = warmed.written_dead_letters.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "dedup memory warmed from below the committed offsets"
     );
     metrics.dedup_warmed_ids.set(warmed.deletions.len() as i64);
-    on_this_clock(warmed.deletions, SystemTime::now(), Instant::now())
+    Recalled {
+        deletions: on_this_clock(warmed.deletions, SystemTime::now(), Instant::now()),
+        dead_letters: warmed.written_dead_letters,
+    }
 }
 
 /// Wall-clock dates as instants of this process (ages kept); a date this

@@ -69,7 +69,7 @@ fn dead_lettered_old_and_future_events_are_not_remembered() {
         // A repeat of "a": remembered from its earliest event.
         candidate(6, 10, &["a"], now),
     ];
-    let excluded: HashSet<Position> = [("t".into(), 0, 3)].into();
+    let excluded: DeadLetters = [(("t".into(), 0, 3), None)].into();
     let got = remembered(candidates, &excluded, now, ttl);
     let ids: Vec<(&str, u64)> = got
         .iter()
@@ -85,7 +85,7 @@ fn dead_lettered_old_and_future_events_are_not_remembered() {
 fn a_dead_letter_excludes_only_its_own_partition_and_offset() {
     let now = SystemTime::now();
     let candidates = vec![candidate(7, 5, &["x"], now)];
-    let elsewhere: HashSet<Position> = [("t".into(), 1, 7), ("u".into(), 0, 7)].into();
+    let elsewhere: DeadLetters = [(("t".into(), 1, 7), Some(1)), (("u".into(), 0, 7), None)].into();
     let got = remembered(candidates, &elsewhere, now, Duration::from_secs(60));
     assert_eq!(got.len(), 1);
 }
