@@ -365,3 +365,34 @@ fn a_repeat_of_a_deleted_id_finishes_at_once_and_moves_the_watermark() {
     assert_eq!(l.events_in_memory(), 0);
     assert_eq!(commit(&mut l), vec![(p, 2)]);
 }
+
+#[test]
+fn a_dead_letter_written_before_finishes_its_event_only_for_the_same_record() {
+    let p = PartitionId::new("t", 0);
+    let mut l = ledger(10);
+    let now = Instant::now();
+    let record = |payload: &str| RawRecord {
+        key: Some(Bytes::from_static(b"k")),
+        payload: Some(Bytes::copy_from_slice(payload.as_bytes())),
+        ..RawRecord::default()
+    };
+    let poison = || {
+        Decoded::DeadLetter(Rejection {
+            reason: DeadLetterReason::NotJson,
+            detail: String::new(),
+        })
+    };
+    let digest = |payload: &str| record_digest(Some(b"k"), Some(payload.as_bytes()));
+    l.remember_dead_lettered([
+        (p.clone(), 0, digest("bad")),
+        // Another record once stood at offset 1 (a recreated topic, say).
+        (p.clone(), 1, digest("other")),
+    ]);
+    let pr = l.admit(&p, 0, record("bad"), poison(), now);
+    assert_eq!(pr.finished, vec![Finish::DeadLettered]);
+    assert!(pr.dead_letters.is_empty(), "not written again");
+    assert_eq!(pr.dead_letters_found_written, 1);
+    let pr = l.admit(&p, 1, record("bad"), poison(), now);
+    assert_eq!(pr.dead_letters.len(), 1, "a different record is written");
+    assert_eq!(pr.dead_letters_found_written, 0);
+}
