@@ -3,8 +3,10 @@
 //! batch, confirm, offsets) over the same synthetic events as the throughput
 //! benchmark. Decode is measured per `event.format`: the events as plain
 //! JSON, as structured-mode CloudEvents and as binary-mode CloudEvents
-//! (headers read the way the consumer reads them). Prints nanoseconds per
-//! event for each step, best of 5 rounds.
+//! (headers read the way the consumer reads them), and for comparison the
+//! same JSON parsed by serde_json and sonic-rs (a SIMD parser) without the
+//! decoder's checks. Prints nanoseconds per event for each step, best of 5
+//! rounds.
 //! `cargo bench --bench core`; BENCH_EVENTS=N (default 500,000) for the
 //! ledger, BENCH_DECODE_EVENTS=N (default 100,000) per decoded format.
 
@@ -115,6 +117,8 @@ fn main() {
         );
     }
 
+    parsers_compared(&generate(&spec(decode_total, SynthFormat::Json)), rounds);
+
     let decoder = EventDecoder::new(&config.settings.event, &config.regions);
     let decoded: Vec<Decoded> = events
         .iter()
@@ -143,6 +147,57 @@ fn main() {
         "ledger: {:>7.0} ns per event ({total} events; admit, dedup, batch, confirm, offsets)",
         per(ledger_best, total)
     );
+}
+
+/// What the decoder's own path (serde_json, borrowed, one pass over the
+/// top-level keys, no tree; see `input/decode/flat.rs`) costs next to
+/// general parsers over the same JSON events. The others only parse: none
+/// checks the ids, the region, repeated keys or nesting, as the decoder does.
+fn parsers_compared(events: &[SynthEvent], rounds: usize) {
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let mut pointers = sonic_rs::PointerTree::new();
+    for key in ["type", "region", "identity", "guid"] {
+        pointers.add_path([key]);
+    }
+    type Parse<'a> = Box<dyn Fn(&[u8]) -> usize + 'a>;
+    let parsers: [(&str, Parse); 3] = [
+        (
+            "serde_json, a tree (Value)",
+            Box::new(|p| {
+                serde_json::from_slice::<serde_json::Value>(p)
+                    .map_or(0, |v| v.as_object().map_or(0, |o| o.len()))
+            }),
+        ),
+        (
+            "sonic-rs, a tree (Value)",
+            Box::new(|p| {
+                use sonic_rs::JsonContainerTrait;
+                sonic_rs::from_slice::<sonic_rs::Value>(p)
+                    .map_or(0, |v| v.as_object().map_or(0, |o| o.len()))
+            }),
+        ),
+        (
+            "sonic-rs, 4 keys, lazy",
+            Box::new(|p| {
+                sonic_rs::get_many(p, &pointers).map_or(0, |found| {
+                    found.iter().flatten().map(|v| v.as_raw_str().len()).sum()
+                })
+            }),
+        ),
+    ];
+    for (name, parse) in parsers {
+        let mut best = Duration::MAX;
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let found: usize = payloads.iter().map(|p| parse(black_box(p))).sum();
+            best = best.min(started.elapsed());
+            assert!(found > 0, "{name} found nothing");
+        }
+        println!(
+            "parse only, {name:<27} {:>5.0} ns per event (no checks)",
+            best.as_nanos() as f64 / payloads.len().max(1) as f64
+        );
+    }
 }
 
 /// Decodes every event as the consumer thread does (headers read through
