@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
@@ -221,7 +221,7 @@ fn windows(
         return Ok(Vec::new());
     }
     let per_partition = (s.max_events / all.count()).max(1) as i64;
-    let committed = consumer.committed_offsets(all, deadline.left("committed offsets")?)?;
+    let committed = committed_offsets(consumer, &all, deadline)?;
     let mut windows = Vec::new();
     for e in committed.elements() {
         let Offset::Offset(to) = e.offset() else {
@@ -243,6 +243,32 @@ fn windows(
         }
     }
     Ok(windows)
+}
+
+/// The group's committed offsets; asked again while the group coordinator
+/// is still being found or loaded (a first start, a broker restart).
+fn committed_offsets(
+    consumer: &BaseConsumer<Quiet>,
+    partitions: &TopicPartitionList,
+    deadline: &Deadline,
+) -> Result<TopicPartitionList, WarmError> {
+    loop {
+        match consumer.committed_offsets(partitions.clone(), deadline.left("committed offsets")?) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::NotCoordinator
+                            | RDKafkaErrorCode::CoordinatorLoadInProgress
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                    )
+                ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// Reads `[from, to)` of each window until the consumer's position passes
