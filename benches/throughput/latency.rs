@@ -36,7 +36,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
 
-use super::measure::{committed, committed_reader, cpu_seconds, env_or, free_port, status_mib};
+use super::measure::{committed_reader, cpu_seconds, env_or, free_port, status_mib, try_committed};
 use super::report::{CaseResult, Latency};
 use super::workload::REGIONS;
 use super::{daemon_config, fake, spawn_daemon};
@@ -102,9 +102,13 @@ struct Commits {
 }
 
 impl Commits {
-    /// Reads the group's committed offsets once; returns them.
+    /// Reads the group's committed offsets once; returns them (-1 each
+    /// when the broker could not tell, e.g. its coordinator still loading).
     fn sample(&mut self, reader: &rdkafka::consumer::BaseConsumer, topic: &str) -> Vec<i64> {
-        let now = committed(reader, topic, self.seen.len() as i32);
+        let partitions = self.seen.len();
+        let Ok(now) = try_committed(reader, topic, partitions as i32) else {
+            return vec![-1; partitions];
+        };
         let at = Instant::now();
         self.samples += 1;
         for (seen, &o) in self.seen.iter_mut().zip(&now) {
