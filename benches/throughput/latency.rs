@@ -15,7 +15,9 @@
 //! An event's API call is when the fake received the first request that
 //! deleted its last id (`FakeCleverTap::first_deleted_at`); its commit is the
 //! first reading of the group's committed offsets (every 10 ms, by a client
-//! of this process) past its offset.
+//! of this process) past its offset. For reference, a plain consumer in
+//! this process (the daemon's consumer settings) reads the same events: produce
+//! -> read there is what the broker and the machine add before the daemon.
 //!
 //! On librdkafka's mock cluster an empty fetch is answered only after the
 //! consumer's `fetch.wait.max.ms` (500 ms by default), even when messages
@@ -27,19 +29,22 @@
 //! bench, and on local-kafka a JVM): other work on the machine shows in the
 //! tail, hence the worst of each second printed under the row.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clevertap_deleter::testkit::synth::{generate, SynthEvent, SynthSpec};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::measure::{committed_reader, cpu_seconds, env_or, free_port, status_mib, try_committed};
 use super::report::{CaseResult, Latency};
 use super::workload::REGIONS;
-use super::{daemon_config, fake, spawn_daemon};
+use super::{consumer_settings, daemon_config, fake, spawn_daemon};
 
 /// How often the group's committed offsets are read.
 const SAMPLE: Duration = Duration::from_millis(10);
@@ -184,6 +189,18 @@ pub fn run(
         .expect("producer");
     let partition = |n: usize| (n % warm) as i32;
     let reader = committed_reader(brokers, group);
+    // The reference: a plain consumer (the daemon's consumer settings, all
+    // partitions assigned, no group) in this process that only reads.
+    let plain: BaseConsumer = consumer_settings(brokers, "bench-latency-plain")
+        .create()
+        .expect("consumer");
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition_offset(&topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    plain.assign(&all).expect("assign");
+    let stop = AtomicBool::new(false);
     let mut commits = Commits {
         seen: vec![Vec::new(); warm],
         samples: 0,
@@ -208,7 +225,16 @@ pub fn run(
     // The steady stream, while this thread reads the committed offsets; the
     // first `lead` events are not counted.
     let t0 = Instant::now();
-    let (produced_at, produce_secs) = std::thread::scope(|s| {
+    let (produced_at, produce_secs, read_at) = std::thread::scope(|s| {
+        let reading = s.spawn(|| {
+            let mut read_at = HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = plain.poll(Duration::from_millis(50)) {
+                    read_at.insert((m.partition(), m.offset()), Instant::now());
+                }
+            }
+            read_at
+        });
         let producing = s.spawn(|| {
             let sent: Vec<Instant> = (warm..warm + streamed)
                 .map(|n| {
@@ -243,7 +269,9 @@ pub fn run(
                 None => next = Instant::now(),
             }
         }
-        producing.join().expect("producer thread")
+        stop.store(true, Ordering::Relaxed);
+        let (sent, secs) = producing.join().expect("producer thread");
+        (sent, secs, reading.join().expect("plain consumer thread"))
     });
     let window = t0.elapsed();
     let cpu = cpu_seconds(&pid) - cpu0;
@@ -258,7 +286,7 @@ pub fn run(
 
     // Per event: produce -> API call, produce -> commit.
     let landed = producer.context().0.lock().expect("landed").clone();
-    let (mut to_api, mut to_commit) = (Vec::new(), Vec::new());
+    let (mut to_api, mut to_commit, mut to_read) = (Vec::new(), Vec::new(), Vec::new());
     // The worst produce -> API call of each second of the counted stream.
     let mut by_second = vec![0.0f64; secs.ceil() as usize];
     let (mut missing_api_call, mut missing_commit) = (0, 0);
@@ -289,7 +317,11 @@ pub fn run(
             Some(c) => to_commit.push(ms(c.saturating_duration_since(*at))),
             None => missing_commit += 1,
         }
+        if let Some(r) = landed[n].and_then(|l| read_at.get(&l)) {
+            to_read.push(ms(r.saturating_duration_since(*at)));
+        }
     }
+    to_read.sort_by(f64::total_cmp);
     to_api.sort_by(f64::total_cmp);
     to_commit.sort_by(f64::total_cmp);
     let api_ms = ms(api_latency);
@@ -306,6 +338,8 @@ pub fn run(
         max_to_api_call_ms: to_api.last().copied().unwrap_or(f64::NAN),
         p50_to_commit_ms: percentile(&to_commit, 0.50),
         p99_to_commit_ms: percentile(&to_commit, 0.99),
+        p50_to_plain_consumer_ms: percentile(&to_read, 0.50),
+        p99_to_plain_consumer_ms: percentile(&to_read, 0.99),
         max_to_commit_ms: to_commit.last().copied().unwrap_or(f64::NAN),
         commit_sample_ms: ms(window) / (commits.samples - samples0).max(1) as f64,
         missing_api_call,

@@ -41,6 +41,10 @@ pub struct Latency {
     pub p50_to_commit_ms: f64,
     pub p99_to_commit_ms: f64,
     pub max_to_commit_ms: f64,
+    /// The reference: produce -> read by a plain consumer in the bench
+    /// process (the broker's and the machine's share).
+    pub p50_to_plain_consumer_ms: f64,
+    pub p99_to_plain_consumer_ms: f64,
     /// How often the group's committed offsets were read.
     pub commit_sample_ms: f64,
     /// Events never seen at the API, or never committed, before the bench
@@ -98,6 +102,10 @@ pub fn print_table(broker: &str, results: &[CaseResult]) {
                 } else {
                     String::new()
                 }
+            );
+            println!(
+                "{:<10} reference, produce -> read by a plain consumer: p50 {:.1} ms, p99 {:.1} ms",
+                "", l.p50_to_plain_consumer_ms, l.p99_to_plain_consumer_ms
             );
             let worst: Vec<String> = l
                 .max_to_api_call_ms_by_second
