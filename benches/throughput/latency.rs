@@ -25,9 +25,10 @@
 //! daemon, sets the latency, and the row says so.
 //! `BENCH_KAFKA_PROPS=fetch.wait.max.ms=10` shows the daemon's own latency on
 //! the mock; a real broker answers a waiting fetch as soon as data arrives.
-//! The figures are wall-clock times of four processes (broker, daemon, this
-//! bench, and on local-kafka a JVM): other work on the machine shows in the
-//! tail, hence the worst of each second printed under the row.
+//! The figures are wall-clock times across three processes (the broker: the
+//! mock's child process or local-kafka's JVM; the daemon; this bench): other
+//! work on the machine shows in the tail, hence the reference consumer and
+//! the worst of each second printed under the row.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
