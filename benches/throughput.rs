@@ -41,7 +41,8 @@
 //! `deletions,skip,repeats,latency`), BENCH_REPLICAS (`2,3`),
 //! BENCH_LATENCY_SECS (20: how long the latency row's counted events are
 //! produced), BENCH_LATENCY_WARMUP_SECS (5: produced first at the same rate,
-//! not counted), BENCH_LATENCY_RATE (1000 events/s). Writes `target/bench-throughput.json`.
+//! not counted), BENCH_LATENCY_RATE (1000 events/s), BENCH_LATENCY_REFERENCE
+//! (0; 1: a plain consumer reads the latency topic too, for reference). Writes `target/bench-throughput.json`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};

@@ -41,10 +41,12 @@ pub struct Latency {
     pub p50_to_commit_ms: f64,
     pub p99_to_commit_ms: f64,
     pub max_to_commit_ms: f64,
-    /// The reference: produce -> read by a plain consumer in the bench
-    /// process (the broker's and the machine's share).
-    pub p50_to_plain_consumer_ms: f64,
-    pub p99_to_plain_consumer_ms: f64,
+    /// With BENCH_LATENCY_REFERENCE=1: produce -> read by a plain consumer
+    /// in the bench process (the broker's and the machine's share).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_to_plain_consumer_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_to_plain_consumer_ms: Option<f64>,
     /// How often the group's committed offsets were read.
     pub commit_sample_ms: f64,
     /// Events never seen at the API, or never committed, before the bench
@@ -103,10 +105,13 @@ pub fn print_table(broker: &str, results: &[CaseResult]) {
                     String::new()
                 }
             );
-            println!(
-                "{:<10} reference, produce -> read by a plain consumer: p50 {:.1} ms, p99 {:.1} ms",
-                "", l.p50_to_plain_consumer_ms, l.p99_to_plain_consumer_ms
-            );
+            if let (Some(p50), Some(p99)) = (l.p50_to_plain_consumer_ms, l.p99_to_plain_consumer_ms)
+            {
+                println!(
+                    "{:<10} reference, produce -> read by a plain consumer: p50 {p50:.1} ms, p99 {p99:.1} ms",
+                    ""
+                );
+            }
             let worst: Vec<String> = l
                 .max_to_api_call_ms_by_second
                 .iter()
