@@ -14,6 +14,12 @@
 //! replicas in one group against the instant API, timed from the moment the
 //! last replica read its first message, compared with one replica.
 //!
+//! And latency (`throughput/latency.rs`): events produced at a steady rate
+//! (1,000/s) to a topic of their own while the daemon runs against the API
+//! that answers after BENCH_LATENCY_MS; p50/p99 from produce to the API call
+//! and to the commit, held against p99 to the API call <= linger + 2 x API
+//! latency.
+//!
 //! The cases run on each broker, one after the other: librdkafka's mock
 //! cluster (in a child process), then Apache Kafka 4.4.0 (a 1-node cluster
 //! started with deploy/local-kafka/local-kafka, needs Java and Maven; skipped
@@ -32,16 +38,24 @@
 //! configuration, sections not set by the bench; `\n` for new lines), BENCH_BROKER (`mock`, `local-kafka`, or
 //! both when unset), KAFKA_BROKERS (an existing cluster instead of both; the
 //! bench creates its topics), BENCH_WORKLOADS (comma-separated subset of
-//! `deletions,skip,repeats`), BENCH_REPLICAS (`2,3`). Writes `target/bench-throughput.json`.
+//! `deletions,skip,repeats,latency`), BENCH_REPLICAS (`2,3`),
+//! BENCH_LATENCY_SECS (20: how long the latency row's counted events are
+//! produced), BENCH_LATENCY_WARMUP_SECS (5: produced first at the same rate,
+//! not counted), BENCH_LATENCY_RATE (1000 events/s), BENCH_LATENCY_REFERENCE
+//! (0; 1: a plain consumer reads the latency topic too, for reference). Writes `target/bench-throughput.json`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "throughput/latency.rs"]
+mod latency;
 #[path = "../tests/e2e/local_kafka.rs"]
 mod local_kafka;
 #[path = "throughput/measure.rs"]
 mod measure;
+#[path = "throughput/report.rs"]
+mod report;
 #[path = "throughput/workload.rs"]
 mod workload;
 
@@ -51,30 +65,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::Message;
+use report::{print_table, CaseResult};
 use workload::{create_topics, produce, Produced, Workload, REGIONS};
 
 const MAX_CONCURRENCY: usize = 10;
 const DAEMON: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
 /// Issue #18's memory goal: peak RSS while draining 1,000,000 events.
 const MEMORY_GOAL_MIB: f64 = 64.0;
-
-#[derive(Debug, serde::Serialize)]
-struct CaseResult {
-    case: String,
-    topic: &'static str,
-    events: usize,
-    seconds: f64,
-    events_per_second: f64,
-    ratio_to_ceiling: f64,
-    ceiling: String,
-    cpu_seconds_per_million_events: f64,
-    peak_rss_mib: Option<f64>,
-    ids_per_api_call: Option<f64>,
-    ids_per_second: Option<f64>,
-    /// The goal this row is held against, and whether this run met it.
-    goal: String,
-    met: Option<bool>,
-}
 
 /// The child process that only hosts the mock cluster.
 fn serve_mock_broker(topics: &[String], partitions: i32) {
@@ -352,7 +349,10 @@ fn main() {
     let partitions: i32 = env_or("BENCH_PARTITIONS", 48);
     let choice = std::env::var("BENCH_BROKER").unwrap_or_default();
     let base = format!("bench-{}", std::process::id());
-    let topics: Vec<String> = workloads().iter().map(|w| w.topic(&base)).collect();
+    let mut topics: Vec<String> = workloads().iter().map(|w| w.topic(&base)).collect();
+    if latency::selected() {
+        topics.push(latency::topic(&base));
+    }
     let mut all = Vec::new();
     if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
         create_topics(&brokers, &topics, partitions);
@@ -401,16 +401,7 @@ fn main() {
     for (broker, results) in &all {
         print_table(broker, results);
     }
-    let target_dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{target_dir}/bench-throughput.json");
-    let json: Vec<serde_json::Value> = all
-        .iter()
-        .map(|(broker, results)| serde_json::json!({ "broker": broker, "cases": results }))
-        .collect();
-    match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
-        Ok(()) => println!("written: {path}"),
-        Err(e) => eprintln!("cannot write {path}: {e}"),
-    }
+    report::write_json(&all);
 }
 
 /// The goal of a daemon row against the plain consumer: its ratio, and CPU
@@ -462,6 +453,7 @@ fn run_on(
             ids_per_second: None,
             goal: "-".into(),
             met: None,
+            latency: None,
         });
 
         // The daemon against an API that answers at once.
@@ -499,6 +491,7 @@ fn run_on(
                 max_cpu.map_or(String::new(), |c| format!(", <= {c} CPU s/M"))
             ),
             met: Some(ratio >= min_ratio && cpu_ok && memory_ok),
+            latency: None,
         });
         api.shutdown();
 
@@ -529,6 +522,7 @@ fn run_on(
             ids_per_second: Some(ids_per_second),
             goal: ">= 0.95 of the API ceiling".into(),
             met: Some(ids_per_second / ceiling_ids >= 0.95),
+            latency: None,
         });
         api.shutdown();
 
@@ -561,9 +555,16 @@ fn run_on(
                     run.cpu_seconds / run.seconds / n as f64
                 ),
                 met: None,
+                latency: None,
             });
         }
         api.shutdown();
+    }
+    if latency::selected() {
+        let mock = label.starts_with("mock");
+        results.push(latency::run(
+            brokers, base, partitions, latency, &runtime, mock,
+        ));
     }
     for topic in &produced {
         println!(
@@ -575,36 +576,4 @@ fn run_on(
         );
     }
     (label.to_string(), results)
-}
-
-fn print_table(broker: &str, results: &[CaseResult]) {
-    println!();
-    println!("broker: {broker}");
-    println!(
-        "{:<10} {:<32} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8}  goal",
-        "topic", "case", "events/s", "ratio", "CPU s/M", "peak MiB", "ids/call", "ids/s"
-    );
-    for r in results {
-        println!(
-            "{:<10} {:<32} {:>10.0} {:>7.3} {:>10.2} {:>8} {:>8} {:>8}  {}{}",
-            r.topic,
-            r.case,
-            r.events_per_second,
-            r.ratio_to_ceiling,
-            r.cpu_seconds_per_million_events,
-            r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1}")),
-            r.ids_per_api_call.map_or("-".into(), |v| format!("{v:.1}")),
-            r.ids_per_second.map_or("-".into(), |v| format!("{v:.0}")),
-            r.goal,
-            match r.met {
-                Some(true) => " (met)",
-                Some(false) => " (NOT met)",
-                None => "",
-            }
-        );
-    }
-    println!(
-        "ratio: daemon rows against the plain consumer on the same broker and topic; the \
-         API-bound row against the API's ceiling; replica rows against one replica"
-    );
 }

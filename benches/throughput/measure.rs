@@ -54,19 +54,27 @@ pub fn committed_reader(brokers: &str, group: &str) -> BaseConsumer {
 }
 
 pub fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Vec<i64> {
+    try_committed(consumer, topic, partitions).expect("committed")
+}
+
+/// The committed offsets, or the error (e.g. NotCoordinator from a broker
+/// that has just started).
+pub fn try_committed(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<Vec<i64>> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .expect("committed");
-    (0..partitions)
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok((0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             _ => -1,
         })
-        .collect()
+        .collect())
 }
 
 pub fn free_port() -> u16 {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::header::{ALLOW, CONNECTION, CONTENT_TYPE};
 use axum::http::request::Parts;
@@ -26,6 +26,8 @@ impl Inner {
         body: Result<Bytes, axum::Error>,
         account: &Arc<str>,
     ) -> Reply {
+        // When the call arrived (the body is read), kept with the deletions.
+        let received = Instant::now();
         // 1. Path, then method.
         if parts.uri.path() != DELETE_PATH {
             self.violation(
@@ -118,7 +120,7 @@ impl Inner {
             let odd = lock(&self.odd);
             ids.iter().find_map(|id| odd.get(id).copied())
         } {
-            return self.odd_answer(account, kind, ids, answer);
+            return self.odd_answer(account, kind, ids, answer, received);
         }
         match roll_faults(&faults) {
             Fault::None => {}
@@ -128,7 +130,7 @@ impl Inner {
             }
             Fault::LostReply => {
                 // The deletion happened; only the answer is lost on the way back.
-                self.record_deletions(account, kind, ids);
+                self.record_deletions(account, kind, ids, received);
                 return Reply::fail(StatusCode::BAD_GATEWAY, "Bad gateway").with_body(kind, n);
             }
             Fault::Empty200 => {
@@ -136,7 +138,7 @@ impl Inner {
             }
             Fault::Hang(hang_for) => tokio::time::sleep(hang_for).await,
         }
-        self.record_deletions(account, kind, ids);
+        self.record_deletions(account, kind, ids, received);
         Reply::success(kind, n)
     }
 
@@ -147,6 +149,7 @@ impl Inner {
         kind: IdKind,
         ids: Vec<String>,
         answer: OddAnswer,
+        received: Instant,
     ) -> Reply {
         let n = ids.len();
         let json = "application/json";
@@ -162,7 +165,7 @@ impl Inner {
                 Reply::odd(StatusCode::OK, json, br#"{"status":"partial"}"#.to_vec())
             }
             OddAnswer::BomSuccess => {
-                self.record_deletions(account, kind, ids);
+                self.record_deletions(account, kind, ids, received);
                 let mut body = "\u{feff}".as_bytes().to_vec();
                 body.extend_from_slice(SUCCESS_BODY.as_bytes());
                 Reply::odd(StatusCode::OK, json, body)
@@ -179,7 +182,7 @@ impl Inner {
                 })
                 .to_string()
                 .into_bytes();
-                self.record_deletions(account, kind, processed);
+                self.record_deletions(account, kind, processed, received);
                 Reply::odd(StatusCode::OK, json, body)
             }
         };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
@@ -179,7 +179,16 @@ impl FakeCleverTap {
     pub fn deletion_counts(&self) -> HashMap<(String, IdKind, String), u32> {
         lock(&self.inner.deletions)
             .iter()
-            .map(|((acc, kind, id), n)| ((acc.to_string(), *kind, id.clone()), *n))
+            .map(|((acc, kind, id), (n, _))| ((acc.to_string(), *kind, id.clone()), *n))
+            .collect()
+    }
+
+    /// When the first request that deleted each (account_id, kind, id)
+    /// arrived (for latency measurements).
+    pub fn first_deleted_at(&self) -> HashMap<(String, IdKind, String), Instant> {
+        lock(&self.inner.deletions)
+            .iter()
+            .map(|((acc, kind, id), (_, at))| ((acc.to_string(), *kind, id.clone()), *at))
             .collect()
     }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -46,7 +46,8 @@ pub(super) struct Inner {
     pub(super) failing: Mutex<HashMap<String, u16>>,
     pub(super) rejected: Mutex<HashSet<String>>,
     pub(super) odd: Mutex<HashMap<String, OddAnswer>>,
-    pub(super) deletions: Mutex<HashMap<DeletionKey, u32>>,
+    /// Times deleted, and when the first request that deleted it arrived.
+    pub(super) deletions: Mutex<HashMap<DeletionKey, (u32, Instant)>>,
     pub(super) deleted_total: AtomicU64,
     pub(super) log: Mutex<Log>,
     pub(super) request_count: AtomicU64,
@@ -82,12 +83,22 @@ impl Inner {
         lock(&self.violations).push(format!("{account}: {message}"));
     }
 
-    pub(super) fn record_deletions(&self, account: &Arc<str>, kind: IdKind, ids: Vec<String>) {
+    /// Counts each id deleted by a request that arrived at `received`.
+    pub(super) fn record_deletions(
+        &self,
+        account: &Arc<str>,
+        kind: IdKind,
+        ids: Vec<String>,
+        received: Instant,
+    ) {
         let n = ids.len() as u64;
         {
             let mut deletions = lock(&self.deletions);
             for id in ids {
-                *deletions.entry((account.clone(), kind, id)).or_insert(0) += 1;
+                deletions
+                    .entry((account.clone(), kind, id))
+                    .or_insert((0, received))
+                    .0 += 1;
             }
         }
         self.deleted_total.fetch_add(n, Ordering::Relaxed);

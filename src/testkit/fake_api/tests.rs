@@ -66,6 +66,7 @@ fn key(kind: IdKind, id: &str) -> (String, IdKind, String) {
 async fn success_records_deletions() {
     let fake = start(FakeApiConfig::default()).await;
     let client = reqwest::Client::new();
+    let before = std::time::Instant::now();
     let a = post(
         &client,
         &fake,
@@ -74,10 +75,19 @@ async fn success_records_deletions() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.body, serde_json::json!({"status": "success"}));
+    let first = std::time::Instant::now();
     let a = post(&client, &fake, serde_json::json!({"guid": "g1"})).await;
     assert_eq!(a.status, 200);
     let a = post(&client, &fake, serde_json::json!({"identity": "u1"})).await;
     assert_eq!(a.status, 200);
+
+    // Each id keeps the arrival of the first request that deleted it.
+    let at = fake.first_deleted_at();
+    assert_eq!(at.len(), 3);
+    let u1 = at[&key(IdKind::Identity, "u1")];
+    assert!(before <= u1 && u1 <= first);
+    assert_eq!(u1, at[&key(IdKind::Identity, "u2")]);
+    assert!(at[&key(IdKind::Guid, "g1")] >= first);
 
     let counts = fake.deletion_counts();
     assert_eq!(counts.len(), 3);
