@@ -170,3 +170,46 @@ async fn a_dead_letter_written_but_not_committed_is_not_written_twice() {
     assert_eq!(letters.len(), 1, "written once");
     assert_eq!(letters[0].headers["reason"], "not_json");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_the_current_decoding_decided_is_read_back() {
+    let s = setup(1, 15).await;
+    let closed = |n: usize| {
+        let mut events = simple_events(n, |_| "eu1");
+        for (i, e) in events.iter_mut().enumerate() {
+            e.payload = format!(r#"{{"type":"account-closed","region":"eu1","identity":"c{i}"}}"#)
+                .into_bytes();
+        }
+        events
+    };
+    // Offsets 0..50: another type, skipped by the first configuration.
+    s.kafka.produce(&s.topic, &closed(50), |_| 0).await;
+    let first = start(&s.toml(FAST));
+    s.wait_committed(vec![50], Duration::from_secs(30)).await;
+    first.stop().await.unwrap();
+    assert!(s.api.deletion_counts().is_empty());
+
+    // The type is accepted from now on; offsets 50..60 are deletions.
+    let both = format!("{FAST}\n[event]\naccept_types = [\"user-deleted\", \"account-closed\"]");
+    s.kafka
+        .produce(&s.topic, &simple_events(10, |_| "eu1"), |_| 0)
+        .await;
+    let second = start(&s.toml(&both));
+    s.wait_committed(vec![60], Duration::from_secs(30)).await;
+    second.stop().await.unwrap();
+
+    // Restarted with the same settings, the read-back covers 50..60 only:
+    // the events below were skipped, never deleted, and a repeat of them
+    // must be sent.
+    s.kafka.produce(&s.topic, &closed(50), |_| 0).await;
+    let third = start(&s.toml(&both));
+    s.wait_committed(vec![110], Duration::from_secs(30)).await;
+    let metrics = third.metrics.render();
+    third.stop().await.unwrap();
+    assert_eq!(metric(&metrics, "clevertap_deleter_dedup_warmed_ids"), 10.0);
+    let counts = s.api.deletion_counts();
+    for i in 0..50 {
+        let key = (account_id("eu1"), IdKind::Identity, format!("c{i}"));
+        assert_eq!(counts.get(&key), Some(&1), "c{i}");
+    }
+}

@@ -174,7 +174,7 @@ pub async fn run(
             decoder: EventDecoder::new(&s.event, &config.regions),
             revoke_timeout: drain_timeout,
             intake_held: intake_held.clone(),
-            commit_metadata: fingerprint,
+            fingerprint,
             start_held: warming,
         },
         events_tx,

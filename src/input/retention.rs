@@ -76,11 +76,23 @@ fn low_watermark<C: ConsumerContext>(
 
 /// On assignment: where each partition starts, and what was lost before.
 /// Returns the offset expected next per partition (in `partitions` order).
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Default)]
+pub struct AssignedStart {
+    /// The committed offset (raised to the log start), expected next.
+    pub next: NextOffset,
+    /// The first offset this member reads: the committed offset, or the log
+    /// start when the group has none.
+    pub reading_from: Option<i64>,
+    /// The committed offset's metadata ("" when none).
+    pub metadata: String,
+}
+
 pub fn check_assigned<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     partitions: &[PartitionId],
     metrics: &Metrics,
-) -> Vec<NextOffset> {
+) -> Vec<AssignedStart> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(&p.topic, p.partition);
@@ -89,7 +101,7 @@ pub fn check_assigned<C: ConsumerContext>(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "could not read the committed offsets of the new assignment");
-            return vec![None; partitions.len()];
+            return vec![AssignedStart::default(); partitions.len()];
         }
     };
     partitions
@@ -99,16 +111,24 @@ pub fn check_assigned<C: ConsumerContext>(
             metrics
                 .records_lost
                 .with_label_values(&[&*p.topic, p.partition.to_string().as_str()]);
-            let low = low_watermark(consumer, p)?;
-            let committed = committed
-                .find_partition(&p.topic, p.partition)
-                .map(|e| e.offset());
-            match committed {
+            let Some(low) = low_watermark(consumer, p) else {
+                return AssignedStart::default();
+            };
+            let element = committed.find_partition(&p.topic, p.partition);
+            let metadata = element
+                .as_ref()
+                .map(|e| e.metadata().to_string())
+                .unwrap_or_default();
+            match element.map(|e| e.offset()) {
                 Some(Offset::Offset(c)) => {
                     if let Some(lost) = lost_before_start(c, low) {
                         report(metrics, p, &lost, "before this assignment");
                     }
-                    Some(c.max(low))
+                    AssignedStart {
+                        next: Some(c.max(low)),
+                        reading_from: Some(c.max(low)),
+                        metadata,
+                    }
                 }
                 _ => {
                     tracing::info!(
@@ -117,7 +137,11 @@ pub fn check_assigned<C: ConsumerContext>(
                         start_offset = low,
                         "no committed offset for this group: starting at the earliest retained record"
                     );
-                    None
+                    AssignedStart {
+                        next: None,
+                        reading_from: Some(low),
+                        metadata,
+                    }
                 }
             }
         })

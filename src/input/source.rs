@@ -20,6 +20,7 @@ use crate::domain::offsets::PartitionId;
 use crate::domain::revokes::Generation;
 use crate::input::decode::{Decoded, EventDecoder};
 use crate::input::lag::LagTracker;
+use crate::input::warm;
 use crate::ops::health::{any_broker_up, Health};
 use crate::ops::log_throttle::KafkaLinkLog;
 use crate::ops::metrics::Metrics;
@@ -107,7 +108,7 @@ pub struct SourceSettings {
     /// Set by the pipeline while it holds too many events: stop reading.
     pub intake_held: Arc<AtomicBool>,
     /// Stored with every commit (see `warm::decoding_fingerprint`).
-    pub commit_metadata: String,
+    pub fingerprint: String,
     /// Start with intake held and partitions paused from their assignment
     /// on (the group is joined, nothing is read) until the pipeline lets go
     /// of `intake_held`: the dedup memory is being read back.
@@ -141,9 +142,12 @@ struct SourceContext {
     link: KafkaLinkLog,
     /// `consumer_lag_messages` of the assigned partitions (see `lag`).
     lag: LagTracker,
-    /// Stored with every commit: says the offsets were committed by this
-    /// daemon decoding as now (see `warm`).
-    commit_metadata: String,
+    /// The decoding's fingerprint, stored with every commit with the first
+    /// offset of the partition it decided (see `warm`).
+    fingerprint: String,
+    /// Per owned partition, the first offset decided by this decoding; none
+    /// when unknown (then the commit carries no metadata).
+    decoding_since: std::sync::Mutex<std::collections::HashMap<PartitionId, i64>>,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -153,13 +157,16 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
         .collect()
 }
 
-fn offsets_list(marks: &[(PartitionId, i64)], metadata: &str) -> TopicPartitionList {
+fn offsets_list(
+    marks: &[(PartitionId, i64)],
+    metadata: impl Fn(&PartitionId) -> String,
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (p, offset) in marks {
         let mut e = tpl.add_partition(&p.topic, p.partition);
         // set_offset only fails for invalid offsets; ours are >= 0.
         let _ = e.set_offset(Offset::Offset(*offset));
-        e.set_metadata(metadata);
+        e.set_metadata(metadata(p));
     }
     tpl
 }
@@ -213,7 +220,14 @@ impl SourceContext {
         if marks.is_empty() {
             return;
         }
-        let tpl = offsets_list(&marks, &self.commit_metadata);
+        let since = self.decoding_since.lock().expect("since lock");
+        let tpl = offsets_list(&marks, |p| {
+            since
+                .get(p)
+                .map(|s| warm::commit_metadata(&self.fingerprint, *s))
+                .unwrap_or_default()
+        });
+        drop(since);
         let result = consumer.commit(&tpl, CommitMode::Sync);
         self.record_commit(&result, &tpl);
         let _ = self.send_in_order(SourceEvent::Committed {
@@ -352,7 +366,8 @@ pub fn start(
             .get("group.instance.id")
             .is_some_and(|id| !id.is_empty()),
         link: KafkaLinkLog::new("consumer"),
-        commit_metadata: settings.commit_metadata,
+        fingerprint: settings.fingerprint,
+        decoding_since: Default::default(),
     };
     let consumer: BaseConsumer<SourceContext> =
         settings.client_config.create_with_context(context)?;

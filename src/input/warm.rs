@@ -9,11 +9,12 @@
 //! the rest with their message timestamps, for the ledger to remember as
 //! confirmed deletions.
 //!
-//! Only offsets committed by this daemon with the same decoding are read: the
-//! commit metadata carries a fingerprint of `[event]` and the regions
-//! ([`decoding_fingerprint`]), because an event skipped or dead-lettered
-//! under other settings was never deleted, and an offset moved by a tool says
-//! nothing about what is below it.
+//! Only offsets committed by this daemon with the same decoding are read, and
+//! only down to where that decoding began: the commit metadata carries a
+//! fingerprint of `[event]` and the regions ([`decoding_fingerprint`]) and
+//! the first offset read with it ([`commit_metadata`]), because an event
+//! skipped or dead-lettered under other settings was never deleted, and an
+//! offset moved by a tool says nothing about what is below it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,6 +61,23 @@ pub fn decoding_fingerprint(config: &Config) -> String {
     let digest = hash.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("clevertap-deleter/1 decoding={hex}")
+}
+
+/// The metadata stored with a commit: the decoding's fingerprint and the
+/// first offset of the partition this decoding read (everything from there
+/// to the committed offset was decided by it).
+pub fn commit_metadata(fingerprint: &str, since: i64) -> String {
+    format!("{fingerprint} since={since}")
+}
+
+/// The first offset decided by the decoding `fingerprint` names, when
+/// `metadata` was written by it.
+pub fn decoding_since(metadata: &str, fingerprint: &str) -> Option<i64> {
+    metadata
+        .strip_prefix(fingerprint)?
+        .strip_prefix(" since=")?
+        .parse()
+        .ok()
 }
 
 pub struct WarmSettings<'a> {
@@ -227,12 +245,14 @@ fn windows(
         let Offset::Offset(to) = e.offset() else {
             continue;
         };
-        if e.metadata() != s.fingerprint || to <= 0 {
+        // Only what this decoding decided: a type accepted now may have been
+        // skipped below `since`.
+        let Some(since) = decoding_since(e.metadata(), s.fingerprint) else {
             continue;
-        }
+        };
         let (low, _) =
             consumer.fetch_watermarks(e.topic(), e.partition(), deadline.left("watermarks")?)?;
-        let from = low.max(to - per_partition);
+        let from = low.max(to - per_partition).max(since);
         if from < to {
             windows.push(Window {
                 topic: e.topic().into(),

@@ -19,6 +19,7 @@ use crate::domain::offsets::PartitionId;
 use crate::input::decode::{Decoded, EventDecoder};
 use crate::input::headers;
 use crate::input::retention;
+use crate::input::warm;
 use crate::ops::metrics::Metrics;
 
 /// While intake is held the consumer simply stops polling, and librdkafka's
@@ -79,13 +80,23 @@ pub(super) fn consume(
         );
         if !assigned.is_empty() {
             let starts = retention::check_assigned(&consumer, &assigned, &metrics);
-            consumer
-                .context()
+            let context = consumer.context();
+            context
                 .lag
-                .assigned(assigned.iter().cloned().zip(starts.iter().copied()));
+                .assigned(assigned.iter().cloned().zip(starts.iter().map(|s| s.next)));
+            let mut since = context.decoding_since.lock().expect("since lock");
             for (p, start) in assigned.iter().zip(starts) {
-                *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start;
+                *topic_state(&mut topics, &p.topic, &metrics).next_of(p.partition) = start.next;
+                // Decided by this decoding since the committed metadata says,
+                // when it names this decoding, else from where reading starts.
+                match warm::decoding_since(&start.metadata, &context.fingerprint)
+                    .or(start.reading_from)
+                {
+                    Some(s) => since.insert(p.clone(), s),
+                    None => since.remove(p),
+                };
             }
+            drop(since);
             // librdkafka keeps a partition's pause through a revoke: one paused
             // by an earlier hard pause and given back later would never be
             // fetched again (seen as partitions stuck after a rebalance under

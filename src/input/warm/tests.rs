@@ -89,3 +89,17 @@ fn a_dead_letter_excludes_only_its_own_partition_and_offset() {
     let got = remembered(candidates, &elsewhere, now, Duration::from_secs(60));
     assert_eq!(got.len(), 1);
 }
+
+#[test]
+fn commit_metadata_names_the_decoding_and_where_it_began() {
+    let fp = "clevertap-deleter/1 decoding=00aa";
+    let m = commit_metadata(fp, 42);
+    assert_eq!(decoding_since(&m, fp), Some(42));
+    assert_eq!(
+        decoding_since(&m, "clevertap-deleter/1 decoding=00ab"),
+        None
+    );
+    // Written without a start (or by a tool): nothing is read back.
+    assert_eq!(decoding_since(fp, fp), None);
+    assert_eq!(decoding_since("", fp), None);
+}
