@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::pipeline::warm_start::Recalled;
 use crate::app::pipeline::PipelineError;
 use crate::clevertap::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::batch::API_MAX_IDS;
@@ -111,7 +112,7 @@ pub(super) struct Inputs {
     /// Partitions of the subscribed topics, read after assignments.
     pub(super) partition_counts: mpsc::UnboundedReceiver<usize>,
     /// The deletions read back at start (always sent once, empty on failure).
-    pub(super) warmed: mpsc::UnboundedReceiver<super::warm_start::Recalled>,
+    pub(super) warmed: mpsc::UnboundedReceiver<Recalled>,
 }
 
 impl Coordinator {
@@ -441,5 +442,18 @@ impl Coordinator {
                 }
             });
         }
+    }
+}
+
+impl Coordinator {
+    // The start-up read-back (see `warm_start`).
+    /// The read-back ended (empty on failure): remember, then read.
+    pub(super) fn on_warmed(&mut self, recalled: Recalled) {
+        self.ledger.remember_deleted(recalled.deletions);
+        self.ledger.remember_dead_lettered(recalled.dead_letters);
+        self.warming = false;
+        self.paused = false;
+        self.intake_held
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }

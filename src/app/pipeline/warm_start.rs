@@ -13,7 +13,6 @@ use crate::input::warm::{self, WarmSettings};
 use crate::ops::metrics::Metrics;
 
 use super::consumer_config;
-use super::coordinator::Coordinator;
 
 /// Whether this start reads the recent past back: on, not a dry run (nothing
 /// was deleted), and a memory to fill.
@@ -29,18 +28,6 @@ pub struct Recalled {
     pub deletions: Vec<(DeletionKey, Instant)>,
     /// Dead letters written for events not committed yet.
     pub dead_letters: Vec<(PartitionId, i64, u64)>,
-}
-
-impl Coordinator {
-    /// The read-back ended (empty on failure): remember, then read.
-    pub(super) fn on_warmed(&mut self, recalled: Recalled) {
-        self.ledger.remember_deleted(recalled.deletions);
-        self.ledger.remember_dead_lettered(recalled.dead_letters);
-        self.warming = false;
-        self.paused = false;
-        self.intake_held
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// The deletions and dead letters to remember. Empty when the read fails:
