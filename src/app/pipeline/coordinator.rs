@@ -446,8 +446,8 @@ impl Coordinator {
 }
 
 impl Coordinator {
-    // The start-up read-back (see `warm_start`).
-    /// The read-back ended (empty on failure): remember, then read.
+    /// The start-up read-back (see `warm_start`) ended, empty on failure:
+    /// remember, then read.
     pub(super) fn on_warmed(&mut self, recalled: Recalled) {
         self.ledger.remember_deleted(recalled.deletions);
         self.ledger.remember_dead_lettered(recalled.dead_letters);
