@@ -164,7 +164,8 @@ pub async fn run(
         });
     }
 
-    let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(warming));
+    let intake_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let warm_hold = Arc::new(std::sync::atomic::AtomicBool::new(warming));
     let (events_tx, events) = mpsc::channel(SOURCE_CHANNEL_CAPACITY / source::SOURCE_CHUNK);
     let drain_timeout = Duration::from_millis(s.pipeline.rebalance_drain_timeout_ms);
     let source = source::start(
@@ -175,7 +176,7 @@ pub async fn run(
             revoke_timeout: drain_timeout,
             intake_held: intake_held.clone(),
             fingerprint,
-            start_held: warming,
+            warming: warm_hold.clone(),
         },
         events_tx,
         metrics.clone(),
@@ -206,8 +207,9 @@ pub async fn run(
         commands: source.commands.clone(),
         metrics,
         health: health.clone(),
-        paused: warming,
+        paused: false,
         warming,
+        warm_hold,
         finished_counters,
         intake_held,
         pause_at: max_events,

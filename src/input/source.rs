@@ -109,10 +109,11 @@ pub struct SourceSettings {
     pub intake_held: Arc<AtomicBool>,
     /// Stored with every commit (see `warm::decoding_fingerprint`).
     pub fingerprint: String,
-    /// Start with intake held and partitions paused from their assignment
-    /// on (the group is joined, nothing is read) until the pipeline lets go
-    /// of `intake_held`: the dedup memory is being read back.
-    pub start_held: bool,
+    /// Set at start while the dedup memory is read back: intake is held and
+    /// partitions are paused from their assignment on (the group is joined,
+    /// nothing is read) until the pipeline clears it. Not backpressure:
+    /// `consumer_paused` stays 0.
+    pub warming: Arc<AtomicBool>,
 }
 
 /// Records per chunk sent to the pipeline.
@@ -376,7 +377,7 @@ pub fn start(
     let (commands, command_rx) = std_mpsc::channel();
     let decoder = settings.decoder;
     let intake_held = settings.intake_held;
-    let start_held = settings.start_held;
+    let warming = settings.warming;
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
         .spawn(move || {
@@ -386,7 +387,7 @@ pub fn start(
                 command_rx,
                 metrics,
                 intake_held,
-                start_held,
+                warming,
                 lag_every,
             )
         })

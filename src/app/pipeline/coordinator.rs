@@ -45,6 +45,8 @@ pub(super) struct Coordinator {
     pub(super) paused: bool,
     /// The dedup memory is being read back: intake stays held until it is in.
     pub(super) warming: bool,
+    /// Shared with the consumer thread: set while `warming`.
+    pub(super) warm_hold: Arc<std::sync::atomic::AtomicBool>,
     /// `events_finished_total` by outcome, looked up once (per-event path).
     pub(super) finished_counters: [prometheus::IntCounter; 4],
     /// Shared with the consumer thread: set while too many events are held.
@@ -452,8 +454,7 @@ impl Coordinator {
         self.ledger.remember_deleted(recalled.deletions);
         self.ledger.remember_dead_lettered(recalled.dead_letters);
         self.warming = false;
-        self.paused = false;
-        self.intake_held
+        self.warm_hold
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -37,12 +37,13 @@ pub(super) fn consume(
     commands: std_mpsc::Receiver<SourceCommand>,
     metrics: Metrics,
     intake_held: Arc<AtomicBool>,
-    start_held: bool,
+    warming: Arc<AtomicBool>,
     lag_every: Duration,
 ) {
     let consumer = Arc::new(consumer);
     // Held from the start: paused at once, so the thread polls (joins the
     // group, serves rebalances) and every assignment is paused until resumed.
+    let start_held = warming.load(Ordering::Relaxed);
     let mut held_since: Option<std::time::Instant> = start_held.then(std::time::Instant::now);
     let mut hard_paused = start_held;
     // Partitions this consumer ever paused: librdkafka keeps a pause through
@@ -126,9 +127,12 @@ pub(super) fn consume(
             }
         }
 
-        if intake_held.load(Ordering::Relaxed) {
+        let backpressure = intake_held.load(Ordering::Relaxed);
+        if backpressure || warming.load(Ordering::Relaxed) {
             let since = *held_since.get_or_insert_with(std::time::Instant::now);
-            metrics.consumer_paused.set(1);
+            if backpressure {
+                metrics.consumer_paused.set(1);
+            }
             if !consumer.context().flush() {
                 await_stop(&consumer, &commands, &metrics);
                 return;
