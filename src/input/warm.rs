@@ -158,9 +158,7 @@ pub fn read_recent(s: &WarmSettings) -> Result<Warmed, WarmError> {
     if windows.is_empty() {
         return Ok(Warmed::default());
     }
-    let candidates = read_candidates(&consumer, s.decoder, &windows, &deadline)?;
-    let events_read = candidates.1;
-    let candidates = candidates.0;
+    let (candidates, events_read) = read_candidates(&consumer, s.decoder, &windows, &deadline)?;
     let now = SystemTime::now();
     let oldest = candidates
         .iter()

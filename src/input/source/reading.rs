@@ -48,7 +48,7 @@ pub(super) fn consume(
     let mut hard_paused = start_held;
     // Partitions this consumer ever paused: librdkafka keeps a pause through
     // a revoke, so one given back later must be resumed explicitly.
-    let mut ever_paused: std::collections::HashSet<(Arc<str>, i32)> = Default::default();
+    let mut ever_paused: std::collections::HashSet<PartitionId> = Default::default();
     // Per topic, once: the shared name, the consumed counter, and per
     // partition the offset expected next (to notice records lost unread).
     let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
@@ -110,7 +110,7 @@ pub(super) fn consume(
             } else {
                 let again: Vec<&PartitionId> = assigned
                     .iter()
-                    .filter(|p| ever_paused.contains(&(p.topic.clone(), p.partition)))
+                    .filter(|p| ever_paused.contains(*p))
                     .collect();
                 resume(&consumer, &again);
             }
@@ -303,13 +303,13 @@ fn topic_state<'a>(
 fn set_paused(
     consumer: &BaseConsumer<SourceContext>,
     pause: bool,
-    ever_paused: &mut std::collections::HashSet<(Arc<str>, i32)>,
+    ever_paused: &mut std::collections::HashSet<PartitionId>,
 ) {
     consumer.context().paused.store(pause, Ordering::Relaxed);
     if let Ok(a) = consumer.assignment() {
         let _ = if pause {
             for e in a.elements() {
-                ever_paused.insert((e.topic().into(), e.partition()));
+                ever_paused.insert(PartitionId::new(e.topic(), e.partition()));
             }
             consumer.pause(&a)
         } else {
