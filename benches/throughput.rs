@@ -14,6 +14,12 @@
 //! replicas in one group against the instant API, timed from the moment the
 //! last replica read its first message, compared with one replica.
 //!
+//! And the outage (`throughput/outage.rs`, on the deletions topic): the
+//! API answers 503 for BENCH_OUTAGE_SECS (600) while the whole topic waits;
+//! the daemon's RSS sampled every BENCH_OUTAGE_SAMPLE_SECS (5) once it holds
+//! its bound must stay within 10 % (and 64 MiB); then the API answers again
+//! and the drain's rate is compared with the plain consumer's.
+//!
 //! And latency (`throughput/latency.rs`): events produced at a steady rate
 //! (1,000/s) to a topic of their own while the daemon runs against the API
 //! that answers after BENCH_LATENCY_MS; p50/p99 from produce to the API call
@@ -38,7 +44,7 @@
 //! configuration, sections not set by the bench; `\n` for new lines), BENCH_BROKER (`mock`, `local-kafka`, or
 //! both when unset), KAFKA_BROKERS (an existing cluster instead of both; the
 //! bench creates its topics), BENCH_WORKLOADS (comma-separated subset of
-//! `deletions,skip,repeats,latency`), BENCH_REPLICAS (`2,3`),
+//! `deletions,skip,repeats,outage,latency`; `outage` needs `deletions`), BENCH_REPLICAS (`2,3`),
 //! BENCH_LATENCY_SECS (20: how long the latency row's counted events are
 //! produced), BENCH_LATENCY_WARMUP_SECS (5: produced first at the same rate,
 //! not counted), BENCH_LATENCY_RATE (1000 events/s), BENCH_LATENCY_REFERENCE
@@ -54,6 +60,8 @@ mod latency;
 mod local_kafka;
 #[path = "throughput/measure.rs"]
 mod measure;
+#[path = "throughput/outage.rs"]
+mod outage;
 #[path = "throughput/report.rs"]
 mod report;
 #[path = "throughput/workload.rs"]
@@ -454,6 +462,7 @@ fn run_on(
             goal: "-".into(),
             met: None,
             latency: None,
+            outage: None,
         });
 
         // The daemon against an API that answers at once.
@@ -492,6 +501,7 @@ fn run_on(
             ),
             met: Some(ratio >= min_ratio && cpu_ok && memory_ok),
             latency: None,
+            outage: None,
         });
         api.shutdown();
 
@@ -523,6 +533,7 @@ fn run_on(
             goal: ">= 0.95 of the API ceiling".into(),
             met: Some(ids_per_second / ceiling_ids >= 0.95),
             latency: None,
+            outage: None,
         });
         api.shutdown();
 
@@ -556,9 +567,13 @@ fn run_on(
                 ),
                 met: None,
                 latency: None,
+                outage: None,
             });
         }
         api.shutdown();
+        if outage::selected() {
+            results.push(outage::run(brokers, topic, plain_rate, &runtime));
+        }
     }
     if latency::selected() {
         let mock = label.starts_with("mock");

@@ -1020,39 +1020,49 @@ fn fast_path_and_json_tree_agree_on_odd_json() {
     }
 }
 
-/// Found by `fast_path_and_json_tree_agree_on_odd_json`: values the decoder
-/// does not read are skipped by the fast path without the checks serde_json
-/// makes when it builds a tree: a number beyond f64 (`1e400`, `-1e400`) or a
-/// lone surrogate escape (`"\ud800"`, also as a nested key). The fast path
-/// deletes such an event; the JSON-tree path (nested pointers, and every event
-/// before the fast path existed) dead-letters it as `not_json`. Neither loses
-/// anything (a dead letter can be replayed), but the verdict depends on the
-/// pointer settings. Pinned here so a change to either side is noticed; the
-/// property test above leaves these two input classes out.
+/// Found by `fast_path_and_json_tree_agree_on_odd_json`: a number beyond f64
+/// (`1e400`, `-1e400`) or a lone surrogate escape (`"\ud800"`, also as a
+/// nested key) in a value the decoder does not read. serde_json refuses them
+/// when it builds a tree (the JSON-tree path) and so does sonic-rs (the fast
+/// path of every event but a deeply nested one): `not_json` both ways. A
+/// payload opening more than 32 brackets takes serde's one-pass reader on the
+/// fast path, which skips unread values without these checks and deletes the
+/// event. Neither loses anything (a dead letter can be replayed). Pinned here
+/// so a change to either side is noticed; the property test above leaves
+/// these two input classes out.
 #[test]
 fn known_difference_unchecked_values_in_unread_fields() {
     let flat = decoder(Some("eu1"), MAX_MESSAGE_BYTES);
     let tree = tree_decoder(Some("eu1"));
-    for payload in [
-        &br#"{"type":"user-deleted","guid":"u1","x":1e400}"#[..],
-        br#"{"type":"user-deleted","guid":"u1","x":-1e400}"#,
-        br#"{"type":"user-deleted","guid":"u1","x":"\ud800"}"#,
-        br#"{"type":"user-deleted","guid":"u1","x":{"\ud800":1}}"#,
-    ] {
-        let shown = String::from_utf8_lossy(payload);
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    for value in ["1e400", "-1e400", r#""\ud800""#, r#"{"\ud800":1}"#] {
+        let payload = format!(r#"{{"type":"user-deleted","guid":"u1","x":{value}}}"#);
+        same_verdict_both_ways(&flat, &tree, payload.as_bytes()).unwrap();
         assert!(
-            matches!(flat.decode(Some(payload)), Decoded::Delete(_)),
-            "{shown}"
+            matches!(
+                flat.decode(Some(payload.as_bytes())),
+                Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson
+            ),
+            "{payload}"
+        );
+        let nested_deep =
+            format!(r#"{{"type":"user-deleted","guid":"u1","d":{deep},"x":{value}}}"#);
+        assert!(
+            matches!(
+                flat.decode(Some(nested_deep.as_bytes())),
+                Decoded::Delete(_)
+            ),
+            "{nested_deep}"
         );
         let mut wrapped = b"{\"e\":".to_vec();
-        wrapped.extend_from_slice(payload);
+        wrapped.extend_from_slice(nested_deep.as_bytes());
         wrapped.push(b'}');
         assert!(
             matches!(
                 tree.decode(Some(&wrapped)),
                 Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson
             ),
-            "{shown}"
+            "{nested_deep}"
         );
     }
     // The same values in a field the decoder reads: refused both ways.

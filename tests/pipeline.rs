@@ -599,6 +599,50 @@ async fn memory_stays_bounded_while_the_api_is_down() {
     running.stop().await.unwrap();
 }
 
+/// After an outage of the API every waiting batch goes again with the
+/// region's first success, not when its own backoff (up to
+/// `api.retry_max_ms`) runs out. Here every backoff is up to 120 s; the
+/// backlog must drain well inside that once one new event gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_waiting_batches_retry_with_the_first_success() {
+    let s = setup(1, 15).await;
+    s.api
+        .set_faults(clevertap_deleter::testkit::fake_api::Faults {
+            server_error: 1.0,
+            ..Default::default()
+        });
+    let events = simple_events(301, |_| "eu1");
+    s.kafka.produce(&s.topic, &events[..300], |_| 0).await;
+    let running = start(&s.toml(
+        "[batch]\nmax_ids = 10\nlinger_ms = 20\n[api]\nretry_initial_ms = 120000\nretry_max_ms = 120000",
+    ));
+    let backing_off = |running: &Running| {
+        metric(
+            &running.metrics.render(),
+            "clevertap_deleter_api_batches_backing_off{region=\"eu1\"}",
+        )
+    };
+    // The positive signal: all 30 batches refused and waiting out a backoff.
+    wait_for("every batch backing off", Duration::from_secs(30), || {
+        let n = backing_off(&running);
+        async move { n == 30.0 }
+    })
+    .await;
+    let refused = s.api.request_count();
+    s.api.set_faults(Default::default());
+    // One new event: its batch is sent at once and succeeds.
+    s.kafka.produce(&s.topic, &events[300..], |_| 0).await;
+    s.wait_committed(vec![301], Duration::from_secs(30)).await;
+    assert_eq!(s.api.deletion_counts().len(), 301, "every id deleted");
+    assert!(
+        s.api.request_count() <= refused + 31 + 5,
+        "each waiting batch went once more (requests {} after {refused} refused)",
+        s.api.request_count()
+    );
+    assert_eq!(backing_off(&running), 0.0);
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
     let s = setup(1, 15).await;

@@ -390,5 +390,6 @@ pub fn run(
         goal: format!("p99 to API call <= {bound_ms:.0} ms (linger {linger_ms} + 2 x {api_ms:.0})"),
         met: Some(missing_api_call == 0 && missing_commit == 0 && p99 <= bound_ms),
         latency: Some(latency),
+        outage: None,
     }
 }

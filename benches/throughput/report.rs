@@ -20,6 +20,30 @@ pub struct CaseResult {
     /// The latency row's figures (absent from the other rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+    /// The outage row's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Outage>,
+}
+
+/// The daemon while the API is down, then draining (`outage.rs`).
+#[derive(Debug, serde::Serialize)]
+pub struct Outage {
+    pub down_seconds: f64,
+    /// From the daemon's start until it paused its consumer.
+    pub held_after_seconds: f64,
+    pub events_in_memory_held: f64,
+    /// Requests the fake answered 5xx while down.
+    pub requests_refused: u64,
+    pub rss_min_mib: f64,
+    pub rss_max_mib: f64,
+    /// max / min - 1 over the samples.
+    pub rss_spread: f64,
+    /// max / first sample - 1: the goal's measure (at most 0.1).
+    pub rss_growth: f64,
+    /// From the API's return until the first commit moved.
+    pub resumed_after_seconds: f64,
+    pub rss_samples_mib: Vec<f64>,
+    pub sample_seconds: f64,
 }
 
 /// Milliseconds from produce to the API call and to the commit.
@@ -83,6 +107,25 @@ pub fn print_table(broker: &str, results: &[CaseResult]) {
                 None => "",
             }
         );
+        if let Some(o) = &r.outage {
+            println!(
+                "{:<10} API down {:.0} s: paused {:.1} s after start holding {:.0} events; RSS {:.1}..{:.1} MiB \
+                 (first {:.1}, growth {:.1} %, {} samples every {:.0} s); {} requests refused; \
+                 first commit {:.1} s after the API came back, then drained at the rate shown",
+                "",
+                o.down_seconds,
+                o.held_after_seconds,
+                o.events_in_memory_held,
+                o.rss_min_mib,
+                o.rss_max_mib,
+                o.rss_samples_mib.first().copied().unwrap_or(0.0),
+                o.rss_growth * 100.0,
+                o.rss_samples_mib.len(),
+                o.sample_seconds,
+                o.requests_refused,
+                o.resumed_after_seconds,
+            );
+        }
         if let Some(l) = &r.latency {
             println!(
                 "{:<10} produce -> API call: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
@@ -130,7 +173,7 @@ pub fn print_table(broker: &str, results: &[CaseResult]) {
     println!(
         "ratio: daemon rows against the plain consumer on the same broker and topic; the \
          API-bound row against the API's ceiling; replica rows against one replica; the \
-         latency row's p99 to the API call against its bound (at most 1 to meet it)"
+         outage row's drain after the API came back against the plain consumer; the latency row's p99 to the API call against its bound (at most 1 to meet it)"
     );
 }
 

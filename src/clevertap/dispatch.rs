@@ -81,6 +81,10 @@ struct AccountLane {
     /// When CleverTap last answered (any HTTP status) and how many requests
     /// got no answer since: tells an unreachable region from a lost reply.
     answers: std::sync::Mutex<AnswerWatch>,
+    /// Batches waiting out a backoff after a 5xx, a timeout or no connection,
+    /// and their wake-up: the lane's next success ends such a wait.
+    backing_off: AtomicUsize,
+    recovered: tokio::sync::Notify,
 }
 
 /// A region is reported unreachable after this many requests in a row got
@@ -140,6 +144,8 @@ impl Dispatcher {
                             last_answer: Instant::now(),
                             no_answers: 0,
                         }),
+                        backing_off: AtomicUsize::new(0),
+                        recovered: tokio::sync::Notify::new(),
                     }),
                 )
             })
@@ -392,7 +398,15 @@ impl DispatcherInner {
                         reason = reason.as_str(), retry_in_ms = delay.as_millis() as u64,
                         "delete request failed; will retry"
                     );
-                    tokio::time::sleep(delay).await;
+                    // 429 and Retry-After ask for the wait; an outage (5xx, no
+                    // answer) ends for every batch at once.
+                    if after.is_none()
+                        && reason != crate::clevertap::api::RetryReason::TooManyRequests
+                    {
+                        self.back_off(lane, delay).await;
+                    } else {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 Verdict::Rejected { message } => {
                     drop(probe_guard);
@@ -442,6 +456,30 @@ impl DispatcherInner {
                     drop(probe_guard);
                 }
             }
+        }
+    }
+
+    /// Waits `delay`, or less when a request of the lane succeeds meanwhile:
+    /// after an outage of the API, the batches waiting (up to
+    /// `api.retry_max_ms`) go again with its first success.
+    async fn back_off(&self, lane: &AccountLane, delay: Duration) {
+        let recovered = lane.recovered.notified();
+        let region = lane.name.as_str();
+        let gauge = self.metrics.api_backing_off.with_label_values(&[region]);
+        let waiting = lane.backing_off.fetch_add(1, Ordering::Relaxed) + 1;
+        gauge.set(waiting as i64);
+        // Counted down however the wait ends (also when the task is dropped).
+        struct Waiting<'a>(&'a AtomicUsize, prometheus::IntGauge);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                let left = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
+                self.1.set(left as i64);
+            }
+        }
+        let _waiting = Waiting(&lane.backing_off, gauge);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = recovered => {}
         }
     }
 
@@ -503,6 +541,9 @@ impl DispatcherInner {
         let size = batch.len();
         lane.limiter.on_success();
         self.note_limit(lane);
+        if lane.backing_off.load(Ordering::Relaxed) > 0 {
+            lane.recovered.notify_waiters();
+        }
         if self.health.set_region_held(region, false) {
             tracing::info!(
                 region,

@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeSeed;
 use serde_json::Value;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
 use crate::config::{EventFormat, EventSettings, RegionAccount};
 use crate::domain::ids::RegionName;
@@ -34,17 +35,29 @@ pub use crate::domain::event::{CloudEventRef, Decoded, DeletionRequest, Rejectio
 pub use cloudevents::MAX_ATTRIBUTE_BYTES;
 pub use field::json_type;
 
-use checks::{not_json, readable, reject};
+use checks::{brackets_opened, not_json, not_json_at, readable, reject};
 use field::{Field, Which};
 use flat::{FlatEvent, FlatFields, FlatKeys};
 use given::{slot, HeaderValues, CLOUDEVENT_HEADERS};
 use tree::{PathTracker, PointerPaths};
 
+/// Payloads opening more brackets than this are read by serde_json.
+const SONIC_BRACKETS: usize = 32;
+
 /// The JSON the pointers are read in (the payload, or a CloudEvent's data),
 /// as either path read it.
 enum Fields<'a> {
+    /// Read in one serde pass (within a CloudEvents envelope, or nested deep).
     Flat(FlatFields<'a>),
-    Tree { value: Value, repeated: u8 },
+    /// Top-level keys only: sonic-rs's tree (it keeps repeated keys).
+    Parsed {
+        value: sonic_rs::Value,
+        repeated: u8,
+    },
+    Tree {
+        value: Value,
+        repeated: u8,
+    },
 }
 
 impl Fields<'_> {
@@ -53,13 +66,14 @@ impl Fields<'_> {
     fn repeated(&self) -> u8 {
         match self {
             Fields::Flat(f) => f.repeated,
-            Fields::Tree { repeated, .. } => *repeated,
+            Fields::Parsed { repeated, .. } | Fields::Tree { repeated, .. } => *repeated,
         }
     }
 
     fn is_object(&self) -> bool {
         match self {
             Fields::Flat(f) => f.object,
+            Fields::Parsed { value, .. } => value.is_object(),
             Fields::Tree { value, .. } => value.is_object(),
         }
     }
@@ -193,6 +207,14 @@ impl EventDecoder {
     fn fields<'p>(&self, json: &'p [u8], within: &str) -> Result<Fields<'p>, Decoded> {
         let mut de = serde_json::Deserializer::from_slice(json);
         match &self.flat {
+            // A SIMD parser's tree costs a third of serde_json reading just
+            // these keys (`cargo bench --bench core`). It recurses per level
+            // (deep frames in a debug build), so deep nesting takes serde's
+            // path; events nest two levels.
+            Some(keys) if brackets_opened(json) <= SONIC_BRACKETS => keys
+                .read(json)
+                .map(|(value, repeated)| Fields::Parsed { value, repeated })
+                .map_err(|e| not_json_at(e.line(), e.column(), e.classify(), within)),
             Some(keys) => FlatEvent(keys)
                 .deserialize(&mut de)
                 .and_then(|f| de.end().map(|()| f))
@@ -216,6 +238,10 @@ impl EventDecoder {
     fn lookup<'f>(&self, fields: &'f Fields<'_>, which: Which) -> Option<Field<'f>> {
         match fields {
             Fields::Flat(f) => f.take(which),
+            Fields::Parsed { value, .. } => {
+                let name = self.flat.as_ref()?.name(which)?;
+                value.as_object()?.get(&name).map(Field::from_sonic)
+            }
             Fields::Tree { value, .. } => {
                 let pointer = self.pointer(which);
                 if pointer.is_empty() {

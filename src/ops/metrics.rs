@@ -71,6 +71,7 @@ pub struct Metrics {
     pub api_request_duration: HistogramVec,
     pub api_retries: IntCounterVec,
     pub api_in_flight: IntGaugeVec,
+    pub api_backing_off: IntGaugeVec,
     pub api_concurrency_limit: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub committed_offset: IntGaugeVec,
@@ -164,6 +165,11 @@ impl Metrics {
             api_in_flight: reg!(gauge_vec(
                 "api_in_flight_requests",
                 "Requests in flight per region (account).",
+                &["region"]
+            )),
+            api_backing_off: reg!(gauge_vec(
+                "api_batches_backing_off",
+                "Batches per region waiting out a retry backoff after a 5xx, a timeout or no connection; the region's next success ends their wait.",
                 &["region"]
             )),
             api_concurrency_limit: reg!(gauge_vec(
@@ -382,6 +388,7 @@ impl Metrics {
             .with_label_values(&[region])
             .set(0);
         self.api_in_flight.with_label_values(&[region]).set(0);
+        self.api_backing_off.with_label_values(&[region]).set(0);
         self.api_request_duration.with_label_values(&[region]);
         for code in API_STATUS_CODES {
             self.api_requests

@@ -315,14 +315,19 @@ pub(super) fn readable(json: &[u8], within: &str) -> Result<(), Decoded> {
 }
 
 pub(super) fn not_json(e: serde_json::Error, within: &str) -> Decoded {
+    not_json_at(e.line(), e.column(), e.classify(), within)
+}
+
+/// A `not_json` verdict where either parser stopped, and why.
+pub(super) fn not_json_at(
+    line: usize,
+    column: usize,
+    category: impl std::fmt::Debug,
+    within: &str,
+) -> Decoded {
     reject(
         DeadLetterReason::NotJson,
-        format!(
-            "{within}line {} column {}: {:?}",
-            e.line(),
-            e.column(),
-            e.classify()
-        ),
+        format!("{within}line {line} column {column}: {category:?}"),
     )
 }
 
@@ -352,17 +357,22 @@ fn same_value(which: Which, given: &Field<'_>, found: &Field<'_>) -> bool {
 /// check this first and refuse exactly what serde_json refuses.
 pub(super) const MAX_NESTING: usize = 127;
 
+/// Opening brackets in `payload`, those in strings too: a bound on its
+/// nesting that the compiler vectorises.
+pub(super) fn brackets_opened(payload: &[u8]) -> usize {
+    payload
+        .iter()
+        .map(|&b| usize::from(b == b'[' || b == b'{'))
+        .sum()
+}
+
 /// Whether arrays and objects nest deeper than `limit`, ignoring brackets
 /// inside strings. One pass over the bytes, no allocation.
 pub(super) fn nested_deeper_than(payload: &[u8], limit: usize) -> bool {
     // Depth never exceeds the brackets opened (those inside strings count
     // too, so this overestimates): a count the compiler vectorises settles
     // almost every event without following strings byte by byte.
-    let opened = payload
-        .iter()
-        .map(|&b| usize::from(b == b'[' || b == b'{'))
-        .sum::<usize>();
-    if opened <= limit {
+    if brackets_opened(payload) <= limit {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);

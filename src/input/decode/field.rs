@@ -70,6 +70,24 @@ impl<'a> Field<'a> {
         }
     }
 
+    pub(super) fn from_sonic(v: &'a sonic_rs::Value) -> Field<'a> {
+        use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait};
+        match (v.get_type(), v.as_str(), v.as_array()) {
+            (JsonType::Null, ..) => Field::Null,
+            (_, Some(s), _) => Field::Str(Cow::Borrowed(s)),
+            (_, _, Some(items)) => Field::Array(
+                items
+                    .iter()
+                    .map(|i| match i.as_str() {
+                        Some(s) => Item::Str(Cow::Borrowed(s)),
+                        None => Item::Other(sonic_type(i.get_type())),
+                    })
+                    .collect(),
+            ),
+            (other, ..) => Field::Other(sonic_type(other)),
+        }
+    }
+
     pub(super) fn type_name(&self) -> &'static str {
         match self {
             Field::Null => "null",
@@ -132,6 +150,19 @@ impl<'de> Deserialize<'de> for Field<'de> {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// [`json_type`] of a sonic-rs value.
+fn sonic_type(t: sonic_rs::JsonType) -> &'static str {
+    use sonic_rs::JsonType;
+    match t {
+        JsonType::Null => "null",
+        JsonType::Boolean => "a boolean",
+        JsonType::Number => "a number",
+        JsonType::String => "a string",
+        JsonType::Array => "an array",
+        JsonType::Object => "an object",
     }
 }
 

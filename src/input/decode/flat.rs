@@ -1,5 +1,6 @@
-//! The fast path: when every pointer is a top-level key, read just those keys
-//! straight from the payload, without building a JSON tree.
+//! The fast path: when every pointer is a top-level key. A plain event is
+//! parsed by sonic-rs and its keys looked up; within a CloudEvents envelope,
+//! the data's keys are read in the envelope's one serde pass (`FlatEvent`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -40,6 +41,26 @@ impl FlatKeys {
 
     fn slot(&self, key: &str) -> Option<usize> {
         self.names.iter().position(|n| n.as_deref() == Some(key))
+    }
+
+    /// The key `which` is read from, if it is read.
+    pub(super) fn name(&self, which: Which) -> Option<&str> {
+        self.names[which as usize].as_deref()
+    }
+
+    /// Parses `json` (sonic-rs) and finds which of the keys appear more than
+    /// once at the top level (bits of [`Which::bit`]).
+    pub(super) fn read(&self, json: &[u8]) -> sonic_rs::Result<(sonic_rs::Value, u8)> {
+        use sonic_rs::JsonContainerTrait;
+        let value: sonic_rs::Value = sonic_rs::from_slice(json)?;
+        let (mut seen, mut repeated) = (0u8, 0u8);
+        for (key, _) in value.as_object().into_iter().flat_map(|o| o.iter()) {
+            if let Some(i) = self.slot(key) {
+                repeated |= seen & (1 << i);
+                seen |= 1 << i;
+            }
+        }
+        Ok((value, repeated))
     }
 }
 

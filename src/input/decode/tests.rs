@@ -428,10 +428,22 @@ fn fast_path_and_json_tree_path_agree() {
     }) {
         corpus.push(e.payload);
     }
+    // The parsers word where JSON breaks differently (sonic-rs, serde_json):
+    // a `not_json` detail is compared by its start only.
+    let alike = |d: Decoded| match d {
+        Decoded::DeadLetter(r) if r.reason == DeadLetterReason::NotJson => {
+            let line = r.detail.split(" column").next().unwrap_or("").to_string();
+            Decoded::DeadLetter(Rejection {
+                reason: r.reason,
+                detail: line,
+            })
+        }
+        other => other,
+    };
     for payload in &corpus {
         assert_eq!(
-            fast.decode(Some(payload)),
-            slow.decode(Some(payload)),
+            alike(fast.decode(Some(payload))),
+            alike(slow.decode(Some(payload))),
             "{}",
             String::from_utf8_lossy(payload)
         );
