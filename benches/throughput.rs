@@ -117,6 +117,7 @@ fn consumer_settings(brokers: &str, group: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", "500")
         .set("queued.max.messages.kbytes", "8192")
         .set("queued.min.messages", "10000")
+        .set("fetch.max.bytes", "4194304")
         .set("fetch.queue.backoff.ms", "20");
     for (k, v) in extra_kafka_props() {
         c.set(k, v);

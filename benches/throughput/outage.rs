@@ -65,7 +65,6 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let held_after = started.elapsed().as_secs_f64();
-    let in_memory = scrape(port, "clevertap_deleter_events_in_memory");
     let mut samples = Vec::new();
     let window = Instant::now();
     while window.elapsed() < outage {
@@ -73,6 +72,7 @@ pub fn run(
         std::thread::sleep(every.min(outage.saturating_sub(window.elapsed())));
     }
     samples.push(status_mib(&pid, "VmRSS:"));
+    let in_memory = scrape(port, "clevertap_deleter_events_in_memory");
     let refused = api.status_counts().get(&503).copied().unwrap_or(0)
         + api.status_counts().get(&500).copied().unwrap_or(0)
         + api.status_counts().get(&502).copied().unwrap_or(0);

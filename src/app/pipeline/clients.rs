@@ -23,6 +23,10 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // Bound librdkafka's prefetch so memory stays flat while paused.
         .set("queued.max.messages.kbytes", "8192")
         .set("queued.min.messages", "10000")
+        // One fetch answer is held whole before it is queued: at the default
+        // 50 MiB a real broker's answers cost 12 MiB of peak memory in the
+        // benchmark, and the rate nothing (docs/PERFORMANCE.md).
+        .set("fetch.max.bytes", "4194304")
         // When the prefetch bound is hit, librdkafka waits this long before
         // fetching again (default 1000 ms): with a bound this small that wait,
         // not the broker, would set the pace.
