@@ -16,7 +16,7 @@ runs = json.load(open(src))
 ROW_H, LABEL_W, BAR_W, GAP = 22, 300, 330, 40
 rows = sum(len(r["cases"]) + 2 for r in runs)
 width = LABEL_W + 2 * BAR_W + GAP + 40
-height = rows * ROW_H + 100
+height = rows * ROW_H + 116
 svg = [
     f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
     'font-family="sans-serif" font-size="12">',
@@ -55,16 +55,20 @@ goal = x_mem + BAR_W * 64 / max_mem
 for x in (one, goal):
     svg.append(f'<line x1="{x:.1f}" y1="28" x2="{x:.1f}" y2="{y}" stroke="black" stroke-dasharray="4 3"/>')
 svg.append(
-    f'<text x="8" y="{height - 40}" fill="#555">green: the row met its goal of issue #18; '
+    f'<text x="8" y="{height - 56}" fill="#555">green: the row met its goal of issue #18; '
     "red: not met; grey: a ceiling, or a row with no goal.</text>"
 )
 svg.append(
-    f'<text x="8" y="{height - 24}" fill="#555">Ratios: daemon rows against the plain consumer '
+    f'<text x="8" y="{height - 40}" fill="#555">Ratios: daemon rows against the plain consumer '
     "on the same topic; API-bound against the API ceiling; replicas against one replica;</text>"
 )
 svg.append(
-    f'<text x="8" y="{height - 8}" fill="#555">latency: p99 from produce to the API call '
-    "against its bound (linger + 2 x API latency), 1.0 at most to meet it.</text>"
+    f'<text x="8" y="{height - 24}" fill="#555">latency: p99 from produce to the API call '
+    "against its bound (linger + 2 x API latency), 1.0 at most to meet it;</text>"
+)
+svg.append(
+    f'<text x="8" y="{height - 8}" fill="#555">outage: the drain after the API came back '
+    "against the plain consumer (its goal: memory flat while the API was down).</text>"
 )
 svg.append("</svg>")
 open(out, "w").write("\n".join(svg) + "\n")
