@@ -643,6 +643,46 @@ async fn after_an_outage_waiting_batches_retry_with_the_first_success() {
     running.stop().await.unwrap();
 }
 
+/// The wake-up above is for outages only: one batch failing on its own while
+/// the others succeed keeps its backoff instead of going again with every
+/// success (a 5xx loop at the API's pace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_alone_keeps_its_backoff_while_others_succeed() {
+    let s = setup(1, 15).await;
+    s.api.fail_ids(["u5".to_string()], 500);
+    s.api.set_latency(Duration::from_millis(20));
+    let events = simple_events(3_000, |_| "eu1");
+    let running = start(&s.toml(
+        "[batch]\nmax_ids = 10\nlinger_ms = 5\n[api]\nretry_initial_ms = 6000\nretry_max_ms = 6000",
+    ));
+    let began = std::time::Instant::now();
+    // Successes spread over about 3 s (five batches every 50 ms), so no
+    // queue of batches stands between a woken retry and the API.
+    for chunk in events.chunks(50) {
+        s.kafka.produce(&s.topic, chunk, |_| 0).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The positive signal: the 299 other batches (299 successes) are done.
+    wait_for("every other batch deleted", Duration::from_secs(60), || {
+        let n = s.api.deletion_counts().len();
+        async move { n >= 2_990 }
+    })
+    .await;
+    let failed = s.api.status_counts().get(&500).copied().unwrap_or(0);
+    // Waits uniform in 0..=6 s (3 s on average): twice that rate at most,
+    // and a few more. Woken by the others' successes it went 25 times in
+    // 11.3 s (bound 11).
+    let seconds = began.elapsed().as_secs_f64();
+    let allowed = (seconds / 1.5).ceil() as u64 + 3;
+    assert!(
+        (1..=allowed).contains(&failed),
+        "the failing batch went {failed} times in {seconds:.1} s (at most {allowed}) while 299 others succeeded"
+    );
+    s.api.clear_failing_ids();
+    s.wait_committed(vec![3_000], Duration::from_secs(30)).await;
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_calls_nothing_commits_nothing_and_writes_no_dead_letter() {
     let s = setup(1, 15).await;

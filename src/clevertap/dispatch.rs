@@ -6,7 +6,7 @@
 //! built hold the region.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,15 +82,23 @@ struct AccountLane {
     /// got no answer since: tells an unreachable region from a lost reply.
     answers: std::sync::Mutex<AnswerWatch>,
     /// Batches waiting out a backoff after a 5xx, a timeout or no connection,
-    /// and their wake-up: the lane's next success ends such a wait.
+    /// and their wake-up: a success after an outage ends such a wait.
     backing_off: AtomicUsize,
     recovered: tokio::sync::Notify,
+    /// Such failures since the lane's last success: an outage when
+    /// [`OUTAGE_FAILURES`] or more. One batch failing on its own among
+    /// successes never is, so it keeps its backoff (no retry at their pace).
+    failures_in_a_row: AtomicU32,
 }
 
 /// A region is reported unreachable after this many requests in a row got
 /// no answer (refused, reset, timed out) over at least `UNREACHABLE_AFTER`.
 const UNREACHABLE_NO_ANSWERS: u32 = 3;
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// Failures in a row (5xx, timeout, no connection) after which the lane's
+/// next success wakes every batch waiting out a backoff.
+const OUTAGE_FAILURES: u32 = 3;
 
 struct AnswerWatch {
     last_answer: Instant,
@@ -146,6 +154,7 @@ impl Dispatcher {
                         }),
                         backing_off: AtomicUsize::new(0),
                         recovered: tokio::sync::Notify::new(),
+                        failures_in_a_row: AtomicU32::new(0),
                     }),
                 )
             })
@@ -403,6 +412,7 @@ impl DispatcherInner {
                     if after.is_none()
                         && reason != crate::clevertap::api::RetryReason::TooManyRequests
                     {
+                        lane.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
                         self.back_off(lane, delay).await;
                     } else {
                         tokio::time::sleep(delay).await;
@@ -459,9 +469,9 @@ impl DispatcherInner {
         }
     }
 
-    /// Waits `delay`, or less when a request of the lane succeeds meanwhile:
-    /// after an outage of the API, the batches waiting (up to
-    /// `api.retry_max_ms`) go again with its first success.
+    /// Waits `delay`, or less when the lane's first success after an outage
+    /// comes meanwhile: the batches waiting (up to `api.retry_max_ms`) go
+    /// again with it.
     async fn back_off(&self, lane: &AccountLane, delay: Duration) {
         let recovered = lane.recovered.notified();
         let region = lane.name.as_str();
@@ -541,7 +551,9 @@ impl DispatcherInner {
         let size = batch.len();
         lane.limiter.on_success();
         self.note_limit(lane);
-        if lane.backing_off.load(Ordering::Relaxed) > 0 {
+        if lane.failures_in_a_row.swap(0, Ordering::Relaxed) >= OUTAGE_FAILURES
+            && lane.backing_off.load(Ordering::Relaxed) > 0
+        {
             lane.recovered.notify_waiters();
         }
         if self.health.set_region_held(region, false) {

@@ -169,7 +169,7 @@ impl Metrics {
             )),
             api_backing_off: reg!(gauge_vec(
                 "api_batches_backing_off",
-                "Batches per region waiting out a retry backoff after a 5xx, a timeout or no connection; the region's next success ends their wait.",
+                "Batches per region waiting out a retry backoff after a 5xx, a timeout or no connection; the region's first success after an outage ends their wait.",
                 &["region"]
             )),
             api_concurrency_limit: reg!(gauge_vec(
