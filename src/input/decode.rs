@@ -35,7 +35,7 @@ pub use crate::domain::event::{CloudEventRef, Decoded, DeletionRequest, Rejectio
 pub use cloudevents::MAX_ATTRIBUTE_BYTES;
 pub use field::json_type;
 
-use checks::{brackets_opened, not_json, not_json_at, readable, reject};
+use checks::{not_json, not_json_at, readable, reject, Checked};
 use field::{Field, Which};
 use flat::{FlatEvent, FlatFields, FlatKeys};
 use given::{slot, HeaderValues, CLOUDEVENT_HEADERS};
@@ -178,7 +178,7 @@ impl EventDecoder {
 
     /// The checks every payload passes first: present, not too large, UTF-8,
     /// not nested too deep.
-    fn checked<'p>(&self, payload: Option<&'p [u8]>) -> Result<&'p [u8], Decoded> {
+    fn checked<'p>(&self, payload: Option<&'p [u8]>) -> Result<Checked<'p>, Decoded> {
         let payload = match payload {
             Some(p) if !p.is_empty() => p,
             _ => {
@@ -198,22 +198,21 @@ impl EventDecoder {
                 ),
             ));
         }
-        readable(payload, "")?;
-        Ok(payload)
+        readable(payload, "")
     }
 
     /// Reads the configured pointers' fields in `json` (on the fast path or
     /// through a JSON tree); `within` starts a `not_json` detail.
-    fn fields<'p>(&self, json: &'p [u8], within: &str) -> Result<Fields<'p>, Decoded> {
-        let mut de = serde_json::Deserializer::from_slice(json);
+    fn fields<'p>(&self, json: Checked<'p>, within: &str) -> Result<Fields<'p>, Decoded> {
+        let mut de = serde_json::Deserializer::from_str(json.text);
         match &self.flat {
             // sonic-rs's tree keeps repeated keys and checks every value as
             // serde_json's tree does; the decoder costs 5-12 % less than with
             // serde's one pass (docs/PERFORMANCE.md). It recurses per level
             // (deep frames in a debug build), so deep nesting takes serde's
             // path; events nest two levels.
-            Some(keys) if brackets_opened(json) <= SONIC_BRACKETS => keys
-                .read(json)
+            Some(keys) if json.brackets <= SONIC_BRACKETS => keys
+                .read(json.text)
                 .map(|(value, repeated)| Fields::Parsed { value, repeated })
                 .map_err(|e| not_json_at(e.line(), e.column(), e.classify(), within)),
             Some(keys) => FlatEvent(keys)

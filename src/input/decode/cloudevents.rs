@@ -205,7 +205,7 @@ impl EventDecoder {
             );
         }
         let payload = match self.checked(payload) {
-            Ok(p) => p,
+            Ok(checked) => checked.text,
             Err(verdict) => return verdict,
         };
         match &self.flat {
@@ -230,11 +230,11 @@ impl EventDecoder {
         }
     }
 
-    fn envelope<'p, S>(&self, payload: &'p [u8], data: S) -> Result<Envelope<'p, S::Value>, Decoded>
+    fn envelope<'p, S>(&self, payload: &'p str, data: S) -> Result<Envelope<'p, S::Value>, Decoded>
     where
         S: DeserializeSeed<'p> + Copy,
     {
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        let mut de = serde_json::Deserializer::from_str(payload);
         EnvelopeSeed {
             data,
             attributes: &self.attributes,
@@ -326,7 +326,7 @@ impl EventDecoder {
                 }
                 let within = "in data_base64: ";
                 let fields =
-                    match readable(&bytes, within).and_then(|()| self.fields(&bytes, within)) {
+                    match readable(&bytes, within).and_then(|json| self.fields(json, within)) {
                         Ok(f) => f,
                         Err(verdict) => return verdict,
                     };

@@ -50,9 +50,10 @@ impl FlatKeys {
 
     /// Parses `json` (sonic-rs) and finds which of the keys appear more than
     /// once at the top level (bits of [`Which::bit`]).
-    pub(super) fn read(&self, json: &[u8]) -> sonic_rs::Result<(sonic_rs::Value, u8)> {
+    pub(super) fn read(&self, json: &str) -> sonic_rs::Result<(sonic_rs::Value, u8)> {
         use sonic_rs::JsonContainerTrait;
-        let value: sonic_rs::Value = sonic_rs::from_slice(json)?;
+        // From a `str`: sonic-rs does not check UTF-8 again.
+        let value: sonic_rs::Value = sonic_rs::from_str(json)?;
         let (mut seen, mut repeated) = (0u8, 0u8);
         for (key, _) in value.as_object().into_iter().flat_map(|o| o.iter()) {
             if let Some(i) = self.slot(key) {
