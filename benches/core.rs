@@ -5,8 +5,8 @@
 //! JSON, as structured-mode CloudEvents and as binary-mode CloudEvents
 //! (headers read the way the consumer reads them), and for comparison the
 //! same JSON parsed by serde_json and sonic-rs (a SIMD parser) without the
-//! decoder's checks. Prints nanoseconds per event for each step, best of 5
-//! rounds.
+//! decoder's checks, and events of another type (the skip path). Prints
+//! nanoseconds per event for each step, best of 5 rounds.
 //! `cargo bench --bench core`; BENCH_EVENTS=N (default 500,000) for the
 //! ledger, BENCH_DECODE_EVENTS=N (default 100,000) per decoded format.
 
@@ -35,9 +35,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500_000);
     // Under valgrind's callgrind (stable instruction counts on a noisy
-    // machine): BENCH_ROUNDS=1, and --toggle-collect='*run_ledger*', or
-    // '*decode_*' (then `callgrind_annotate --inclusive=yes` gives each
-    // format's decode_json / decode_structured / decode_binary).
+    // machine): BENCH_ROUNDS=1, and --toggle-collect='*run_ledger*', or one
+    // --toggle-collect per format by its exact name ('core::decode_json',
+    // 'core::decode_structured', 'core::decode_binary',
+    // 'core::decode_skipped'; a pattern such as '*decode_*' also matches
+    // `decode_all` inside them and toggles the collection off again), then
+    // `callgrind_annotate --inclusive=yes`.
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -116,6 +119,36 @@ fn main() {
             header_bytes / decode_total.max(1),
         );
     }
+
+    // The skip path: the same JSON events with another type, as on the
+    // throughput benchmark's `skip` topic.
+    let others: Vec<SynthEvent> = generate(&spec(decode_total, SynthFormat::Json))
+        .into_iter()
+        .map(|mut e| {
+            let text = String::from_utf8(e.payload).expect("synthetic events are UTF-8");
+            e.payload = text
+                .replacen("\"user-deleted\"", "\"user-updated\"", 1)
+                .into_bytes();
+            e
+        })
+        .collect();
+    let no_headers = vec![None; others.len()];
+    let decoder = EventDecoder::new(&config.settings.event, &config.regions);
+    let mut best = Duration::MAX;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let out = decode_skipped(&decoder, &others, &no_headers);
+        best = best.min(started.elapsed());
+        assert!(
+            out.iter().all(|d| matches!(d, Decoded::Skip)),
+            "json, another type: every event is skipped"
+        );
+    }
+    println!(
+        "decode, {:<24} {:>5.0} ns per event ({decode_total} events)",
+        "json, another type",
+        per(best, decode_total),
+    );
 
     parsers_compared(&generate(&spec(decode_total, SynthFormat::Json)), rounds);
 
@@ -234,6 +267,12 @@ fn decode_structured(
     h: &[Option<OwnedHeaders>],
 ) -> Vec<Decoded> {
     black_box(2);
+    decode_all(d, e, h)
+}
+
+#[inline(never)]
+fn decode_skipped(d: &EventDecoder, e: &[SynthEvent], h: &[Option<OwnedHeaders>]) -> Vec<Decoded> {
+    black_box(4);
     decode_all(d, e, h)
 }
 
