@@ -451,25 +451,32 @@ pub fn assert_strict(
 }
 
 /// When the partitions `victim` owned at `at` were all started by other
-/// members (the first time after `at` that each of them was), if they were.
+/// members (the first time after the victim's ownership ended, or after
+/// `at` if it had not, that each of them was), if they were.
 pub fn taken_over(members: &[Member], victim: &str, at: f64) -> Option<f64> {
-    let owned: Vec<i32> = members
+    // Owned "at `at`" allows 0.5 s for the logs' precision; a partition the
+    // victim gave up within it may have been started by its next owner just
+    // before `at` (ci14: revoked at 2.3 s, started elsewhere at 2.4 s, kill at
+    // 2.8 s), so its start is looked for from the end of the victim's
+    // ownership.
+    let owned: Vec<(i32, f64)> = members
         .iter()
         .filter(|m| m.name == victim)
         .flat_map(|m| {
-            m.intervals()
-                .into_iter()
-                .filter(|(_, iv)| iv.iter().any(|(f, t)| *f <= at && at <= *t + 0.5))
-                .map(|(p, _)| p)
+            m.intervals().into_iter().filter_map(|(p, iv)| {
+                iv.iter()
+                    .find(|(f, t)| *f <= at && at <= *t + 0.5)
+                    .map(|(_, t)| (p, t.min(at)))
+            })
         })
         .collect();
     let mut last = at;
-    for p in owned {
+    for (p, ended) in owned {
         let first = members
             .iter()
             .filter(|m| m.name != victim)
             .flat_map(|m| m.events.iter())
-            .filter(|(t, e)| *t >= at && *e == Event::Start(p))
+            .filter(|(t, e)| *t >= ended && *e == Event::Start(p))
             .map(|(t, _)| *t)
             .fold(f64::INFINITY, f64::min);
         if !first.is_finite() {
@@ -524,5 +531,45 @@ mod tests {
         assert_eq!(m.lost_at(), vec![8.0]);
         let other = super::Member::from_logs("b", &logs, "t", None);
         assert_eq!(super::two_owners_in_one_generation(&[m, other]).len(), 3);
+    }
+
+    #[test]
+    fn a_partition_handed_over_just_before_the_kill_counts_as_taken_over() {
+        let line = |t: &str, m: String| {
+            format!(
+                "{{\"timestamp\":\"1970-01-01T00:00:{t}Z\",\"message\":{}}}",
+                serde_json::to_string(&m).unwrap()
+            )
+        };
+        let start = |p: i32| {
+            format!("librdkafka: SRVPEND [thrd:main]: Starting pending assigned partition t [{p}] at offset INVALID")
+        };
+        let remove = |p: i32| {
+            format!(
+                "librdkafka: REMOVE [thrd:main]: Removing t [{p}] from assignment (started=true)"
+            )
+        };
+        // The victim gives p2 up at 02.3, its next owner starts it at 02.4,
+        // the victim is killed at 02.8 still owning p0; p0 restarts at 12.4.
+        let victim = [
+            line("01", start(0)),
+            line("01", start(2)),
+            line("02.3", remove(2)),
+        ]
+        .join("\n");
+        let survivor = [line("02.4", start(2)), line("12.4", start(0))].join("\n");
+        let members = [
+            super::Member::from_logs("b", &victim, "t", Some(2.8)),
+            super::Member::from_logs("d", &survivor, "t", None),
+        ];
+        let took = super::taken_over(&members, "b", 2.8).expect("taken over");
+        assert!((took - 12.4).abs() < 1e-6, "{took}");
+        // Not taken over while p0 has not been started elsewhere.
+        let survivor = line("02.4", start(2));
+        let members = [
+            super::Member::from_logs("b", &victim, "t", Some(2.8)),
+            super::Member::from_logs("d", &survivor, "t", None),
+        ];
+        assert_eq!(super::taken_over(&members, "b", 2.8), None);
     }
 }
