@@ -19,11 +19,10 @@ mod given;
 mod tree;
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeSeed;
 use serde_json::Value;
-use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+use sonic_rs::JsonValueTrait;
 
 use crate::config::{EventFormat, EventSettings, RegionAccount};
 use crate::domain::ids::RegionName;
@@ -37,7 +36,7 @@ pub use field::json_type;
 
 use checks::{not_json, not_json_at, readable, reject, Checked};
 use field::{Field, Which};
-use flat::{FlatEvent, FlatFields, FlatKeys};
+use flat::{FlatEvent, FlatFields, FlatKeys, ParsedEvent};
 use given::{slot, HeaderValues, CLOUDEVENT_HEADERS};
 use tree::{PathTracker, PointerPaths};
 
@@ -50,10 +49,7 @@ enum Fields<'a> {
     /// Read in one serde pass (within a CloudEvents envelope, or nested deep).
     Flat(FlatFields<'a>),
     /// Top-level keys only: sonic-rs's tree (it keeps repeated keys).
-    Parsed {
-        value: sonic_rs::Value,
-        repeated: u8,
-    },
+    Parsed(ParsedEvent),
     Tree {
         value: Value,
         repeated: u8,
@@ -66,14 +62,15 @@ impl Fields<'_> {
     fn repeated(&self) -> u8 {
         match self {
             Fields::Flat(f) => f.repeated,
-            Fields::Parsed { repeated, .. } | Fields::Tree { repeated, .. } => *repeated,
+            Fields::Parsed(parsed) => parsed.repeated,
+            Fields::Tree { repeated, .. } => *repeated,
         }
     }
 
     fn is_object(&self) -> bool {
         match self {
             Fields::Flat(f) => f.object,
-            Fields::Parsed { value, .. } => value.is_object(),
+            Fields::Parsed(parsed) => parsed.value.is_object(),
             Fields::Tree { value, .. } => value.is_object(),
         }
     }
@@ -89,8 +86,11 @@ pub struct EventDecoder {
     flat: Option<FlatKeys>,
     /// The pointers' segments, for the JSON-tree path.
     paths: PointerPaths,
-    accept_types: HashSet<String>,
-    regions: HashMap<String, RegionName>,
+    // A handful of each: a scan costs less than hashing the name (the type
+    // is looked up for every event, skipped ones too).
+    accept_types: Box<[Box<str>]>,
+    /// Lower case (as [`RegionName`] keeps them).
+    regions: Box<[RegionName]>,
     default_region: Option<RegionName>,
     /// Header names by slot; `None`: not read.
     headers: [Option<String>; slot::COUNT],
@@ -133,11 +133,12 @@ impl EventDecoder {
         EventDecoder {
             flat: FlatKeys::from_settings(&settings),
             paths: PointerPaths::from_settings(&settings),
-            accept_types: settings.accept_types.iter().cloned().collect(),
-            regions: regions
+            accept_types: settings
+                .accept_types
                 .iter()
-                .map(|r| (r.name.as_str().to_string(), r.name.clone()))
+                .map(|t| t.as_str().into())
                 .collect(),
+            regions: regions.iter().map(|r| r.name.clone()).collect(),
             default_region: settings.default_region.as_deref().map(RegionName::new),
             reads_headers: headers.iter().any(Option::is_some),
             headers,
@@ -213,7 +214,7 @@ impl EventDecoder {
             // path; events nest two levels.
             Some(keys) if json.brackets <= SONIC_BRACKETS => keys
                 .read(json.text)
-                .map(|(value, repeated)| Fields::Parsed { value, repeated })
+                .map(Fields::Parsed)
                 .map_err(|e| not_json_at(e.line(), e.column(), e.classify(), within)),
             Some(keys) => FlatEvent(keys)
                 .deserialize(&mut de)
@@ -238,10 +239,7 @@ impl EventDecoder {
     fn lookup<'f>(&self, fields: &'f Fields<'_>, which: Which) -> Option<Field<'f>> {
         match fields {
             Fields::Flat(f) => f.take(which),
-            Fields::Parsed { value, .. } => {
-                let name = self.flat.as_ref()?.name(which)?;
-                value.as_object()?.get(&name).map(Field::from_sonic)
-            }
+            Fields::Parsed(parsed) => parsed.get(which).map(Field::from_sonic),
             Fields::Tree { value, .. } => {
                 let pointer = self.pointer(which);
                 if pointer.is_empty() {

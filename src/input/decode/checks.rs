@@ -22,6 +22,10 @@ pub(super) fn reject(reason: DeadLetterReason, detail: impl Into<String>) -> Dec
 }
 
 impl EventDecoder {
+    pub(super) fn accepts_type(&self, ty: &str) -> bool {
+        self.accept_types.iter().any(|t| **t == *ty)
+    }
+
     /// The verdict on a plain JSON event: the type filter (if a type is
     /// read), then ids and region.
     pub(super) fn decide(&self, fields: &Fields<'_>, given: &Given<'_>) -> Decoded {
@@ -37,7 +41,7 @@ impl EventDecoder {
             };
             match ty {
                 Some(Field::Str(t)) => {
-                    if !self.accept_types.contains(t.as_ref()) {
+                    if !self.accepts_type(&t) {
                         return Decoded::Skip;
                     }
                 }
@@ -276,7 +280,8 @@ impl EventDecoder {
         match named {
             Some(name) => self
                 .regions
-                .get(&name.trim().to_ascii_lowercase())
+                .iter()
+                .find(|r| r.as_str().eq_ignore_ascii_case(name.trim()))
                 .cloned()
                 .ok_or_else(|| Rejection {
                     reason: DeadLetterReason::UnknownRegion,

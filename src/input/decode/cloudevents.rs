@@ -165,7 +165,7 @@ impl EventDecoder {
             )));
         }
         let ty = required(1, ty)?;
-        if !self.accept_types.contains(&ty) {
+        if !self.accepts_type(&ty) {
             return Err(Decoded::Skip);
         }
         let id = required(2, id)?;

@@ -43,25 +43,46 @@ impl FlatKeys {
         self.names.iter().position(|n| n.as_deref() == Some(key))
     }
 
-    /// The key `which` is read from, if it is read.
-    pub(super) fn name(&self, which: Which) -> Option<&str> {
-        self.names[which as usize].as_deref()
-    }
-
-    /// Parses `json` (sonic-rs) and finds which of the keys appear more than
-    /// once at the top level (bits of [`Which::bit`]).
-    pub(super) fn read(&self, json: &str) -> sonic_rs::Result<(sonic_rs::Value, u8)> {
+    /// Parses `json` (sonic-rs), finds which of the keys appear more than
+    /// once at the top level and where each appears first.
+    pub(super) fn read(&self, json: &str) -> sonic_rs::Result<ParsedEvent> {
         use sonic_rs::JsonContainerTrait;
         // From a `str`: sonic-rs does not check UTF-8 again.
         let value: sonic_rs::Value = sonic_rs::from_str(json)?;
         let (mut seen, mut repeated) = (0u8, 0u8);
-        for (key, _) in value.as_object().into_iter().flat_map(|o| o.iter()) {
+        let mut at = [None; 4];
+        let pairs = value.as_object().into_iter().flat_map(|o| o.iter());
+        for (position, (key, _)) in pairs.enumerate() {
             if let Some(i) = self.slot(key) {
                 repeated |= seen & (1 << i);
                 seen |= 1 << i;
+                at[i] = at[i].or(Some(position));
             }
         }
-        Ok((value, repeated))
+        Ok(ParsedEvent {
+            value,
+            repeated,
+            at,
+        })
+    }
+}
+
+/// A plain event as sonic-rs parsed it, with where the four keys are (so
+/// each is found without comparing key names again).
+pub(super) struct ParsedEvent {
+    pub(super) value: sonic_rs::Value,
+    /// Bits of [`Which::bit`]: keys that appear more than once.
+    pub(super) repeated: u8,
+    /// Position among the top-level pairs of each key's first appearance.
+    at: [Option<usize>; 4],
+}
+
+impl ParsedEvent {
+    pub(super) fn get(&self, which: Which) -> Option<&sonic_rs::Value> {
+        use sonic_rs::JsonContainerTrait;
+        let position = self.at[which as usize]?;
+        let (_, value) = self.value.as_object()?.iter().nth(position)?;
+        Some(value)
     }
 }
 
