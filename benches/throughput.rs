@@ -48,7 +48,9 @@
 //! BENCH_LATENCY_SECS (20: how long the latency row's counted events are
 //! produced), BENCH_LATENCY_WARMUP_SECS (5: produced first at the same rate,
 //! not counted), BENCH_LATENCY_RATE (1000 events/s), BENCH_LATENCY_REFERENCE
-//! (0; 1: a plain consumer reads the latency topic too, for reference). Writes `target/bench-throughput.json`.
+//! (0; 1: a plain consumer reads the latency topic too, for reference),
+//! BENCH_DAEMON (another build of the daemon to run, e.g. an older commit's,
+//! for a before/after on the same machine). Writes `target/bench-throughput.json`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -77,7 +79,10 @@ use report::{print_table, CaseResult};
 use workload::{create_topics, produce, Produced, Workload, REGIONS};
 
 const MAX_CONCURRENCY: usize = 10;
-const DAEMON: &str = env!("CARGO_BIN_EXE_clevertap-deleter");
+/// The daemon this build made, unless BENCH_DAEMON names another.
+fn daemon_binary() -> String {
+    std::env::var("BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_clevertap-deleter").into())
+}
 /// Issue #18's memory goal: peak RSS while draining 1,000,000 events.
 const MEMORY_GOAL_MIB: f64 = 64.0;
 
@@ -219,7 +224,7 @@ fn daemon_config(
 fn spawn_daemon(config: &tempfile::TempDir) -> Reaped {
     let path = config.path().join("bench.toml");
     Reaped(
-        Command::new(DAEMON)
+        Command::new(daemon_binary())
             .args(["run", "--config", path.to_str().expect("utf-8 path")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
