@@ -170,11 +170,37 @@ fn e2e_cluster_a_leader_killed_and_restarted() {
     assert_producer_settings(&std::fs::read_to_string(r1.config_path()).unwrap());
     let mut r2 = world.daemon("R2", &api, &extra);
     let watch = ReadyWatch::start(vec![r1.port, r2.port], Duration::from_millis(200));
+    // A steady group: both own partitions and have read from them, so each
+    // has fetch connections to every leader. (ci15
+    // killed the broker as the second replica's first assignment arrived:
+    // with its only connection to the killed broker, its statistics showed no
+    // broker up, and readiness went red for one 5 s interval.)
+    let ports = [r1.port, r2.port];
+    let consumed = |port: u16| {
+        let text = daemon::http_get(port, "/metrics").map(|(_, body)| body);
+        common::metric_sum(
+            &text.unwrap_or_default(),
+            "clevertap_deleter_events_consumed_total",
+        )
+    };
     wait_until(
-        "30 % committed",
+        "30 % committed, the partitions shared by both replicas",
         Duration::from_secs(90),
         &mut [&mut r1, &mut r2],
-        || committed_events(&latest.lock().unwrap()) >= total * 30 / 100,
+        || {
+            committed_events(&latest.lock().unwrap()) >= total * 30 / 100
+                && ports.iter().map(|&p| assigned(p)).sum::<f64>() == PARTITIONS as f64
+                && ports.iter().all(|&p| assigned(p) > 0.0)
+        },
+    );
+    // Both have read (or, if a replica's partitions were already drained by
+    // the other, 2 s for its fetch connections to be made).
+    let shared = Instant::now();
+    wait_until(
+        "both replicas reading",
+        Duration::from_secs(30),
+        &mut [&mut r1, &mut r2],
+        || ports.iter().all(|&p| consumed(p) > 0.0) || shared.elapsed() > Duration::from_secs(2),
     );
     // The busiest broker: the leader of the most source partitions.
     let leaders = world.broker.leaders(&world.topic);

@@ -7,6 +7,13 @@ use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
 
+/// librdkafka (2.10 on) drops the brokers a metadata answer leaves out, so
+/// while a cluster stops one broker after another a client may end up
+/// knowing only the last, and after a restart wait for its re-bootstrap
+/// from `bootstrap.servers`: 5 minutes by default (a dead-letter producer
+/// stuck so held its partitions' commits for a minute in e2e_cluster_b).
+const REBOOTSTRAP_MS: &str = "10000";
+
 /// The librdkafka settings the consumer uses: ours, then the user's properties.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let k = &config.settings.kafka;
@@ -30,7 +37,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // When the prefetch bound is hit, librdkafka waits this long before
         // fetching again (default 1000 ms): with a bound this small that wait,
         // not the broker, would set the pace.
-        .set("fetch.queue.backoff.ms", "20");
+        .set("fetch.queue.backoff.ms", "20")
+        .set("metadata.recovery.rebootstrap.trigger.ms", REBOOTSTRAP_MS);
     if let Some(id) = &k.group_instance_id {
         c.set("group.instance.id", id);
     }
@@ -49,7 +57,8 @@ pub fn producer_config(config: &Config) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // Its statistics tell readiness the cluster is back (see BrokerWatch).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("metadata.recovery.rebootstrap.trigger.ms", REBOOTSTRAP_MS);
     for (key, value) in &k.properties {
         if !is_consumer_only(key) {
             c.set(key, value);
