@@ -102,16 +102,14 @@ fn main() {
         let mut settings = config.settings.event.clone();
         settings.format = format;
         let decoder = EventDecoder::new(&settings, &config.regions);
-        let mut best = Duration::MAX;
-        for _ in 0..rounds {
-            let started = Instant::now();
-            let out = run(&decoder, &events, &headers);
-            best = best.min(started.elapsed());
+        let best = best_of(rounds, || {
+            let (out, took) = timed(|| run(&decoder, &events, &headers));
             assert!(
                 out.iter().all(|d| matches!(d, Decoded::Delete(_))),
                 "{name}: every event is a deletion"
             );
-        }
+            took
+        });
         println!(
             "decode, {name:<24} {:>5.0} ns per event ({decode_total} events; {} payload + {} header bytes on average)",
             per(best, decode_total),
@@ -134,16 +132,14 @@ fn main() {
         .collect();
     let no_headers = vec![None; others.len()];
     let decoder = EventDecoder::new(&config.settings.event, &config.regions);
-    let mut best = Duration::MAX;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        let out = decode_skipped(&decoder, &others, &no_headers);
-        best = best.min(started.elapsed());
+    let best = best_of(rounds, || {
+        let (out, took) = timed(|| decode_skipped(&decoder, &others, &no_headers));
         assert!(
             out.iter().all(|d| matches!(d, Decoded::Skip)),
             "json, another type: every event is skipped"
         );
-    }
+        took
+    });
     println!(
         "decode, {:<24} {:>5.0} ns per event ({decode_total} events)",
         "json, another type",
@@ -158,8 +154,7 @@ fn main() {
         .map(|e| decoder.decode(Some(&e.payload)))
         .collect();
 
-    let mut ledger_best = Duration::MAX;
-    for _ in 0..rounds {
+    let ledger_best = best_of(rounds, || {
         let inputs = decoded.clone();
         let payloads: Vec<RawRecord> = events
             .iter()
@@ -171,11 +166,10 @@ fn main() {
                 headers: Vec::new(),
             })
             .collect();
-        let started = Instant::now();
-        let finished = run_ledger(&config, &partitions, inputs, payloads);
-        ledger_best = ledger_best.min(started.elapsed());
+        let (finished, took) = timed(|| run_ledger(&config, &partitions, inputs, payloads));
         assert_eq!(finished, total, "every event finished");
-    }
+        took
+    });
     println!(
         "ledger: {:>7.0} ns per event ({total} events; admit, dedup, batch, confirm, offsets)",
         per(ledger_best, total)
@@ -219,18 +213,33 @@ fn parsers_compared(events: &[SynthEvent], rounds: usize) {
         ),
     ];
     for (name, parse) in parsers {
-        let mut best = Duration::MAX;
-        for _ in 0..rounds {
-            let started = Instant::now();
-            let found: usize = payloads.iter().map(|p| parse(black_box(p))).sum();
-            best = best.min(started.elapsed());
+        let best = best_of(rounds, || {
+            let (found, took) =
+                timed(|| payloads.iter().map(|p| parse(black_box(p))).sum::<usize>());
             assert!(found > 0, "{name} found nothing");
-        }
+            took
+        });
         println!(
             "parse only, {name:<27} {:>5.0} ns per event (no checks)",
             best.as_nanos() as f64 / payloads.len().max(1) as f64
         );
     }
+}
+
+/// The shortest of `rounds` runs of `round`, which times its own work (and
+/// checks its result) with [`timed`].
+fn best_of(rounds: usize, round: impl FnMut() -> Duration) -> Duration {
+    std::iter::repeat_with(round)
+        .take(rounds.max(1))
+        .min()
+        .expect("at least one round")
+}
+
+/// `work`'s result and how long it took.
+fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let out = work();
+    (out, started.elapsed())
 }
 
 /// Decodes every event as the consumer thread does (headers read through
